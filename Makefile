@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.modelkiln-installed
+OUT ?= out/minilm-cpu
+
+.PHONY: install demo test test-all lint bench clean
+
+# torch==2.13.0 first: it is the CPU build on local disk; a bare `torch` requirement would
+# otherwise pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[export,samples,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/kiln export "$$($(BIN)/python samples/minilm/checkpoint.py)" -o $(OUT) --force
+	$(BIN)/kiln validate $(OUT)
+	$(BIN)/python samples/embed_app.py $(OUT)
+
+test: install
+	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+test-all: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python benchmarks/export_time.py
+
+clean:
+	rm -rf out build dist *.egg-info

@@ -1,0 +1,144 @@
+"""ONNX Runtime backend: the fallback that runs everywhere.
+
+The artifact holds the portable ONNX model from our passes; ORT's own fusions happen when a
+session is created (at the target's graph optimization level), so they never leak into the
+model shared with other backends.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modelkiln.errors import BackendUnavailable, BuildError, UserInputError
+from modelkiln.runtime import Session
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
+    from modelkiln.artifact import Artifact
+    from modelkiln.targets import Target
+
+MODEL_FILE = "model.onnx"
+WEIGHTS_FILE = "model.onnx.data"
+DEFAULT_EXTERNAL_DATA_THRESHOLD = 1 << 30  # protobuf cannot hold more than 2 GiB
+LEVELS = ("disable", "basic", "extended", "all")
+OPTIONS = {"graph_optimization_level", "external_data_threshold_bytes"}
+DEVICES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def check(self, target: Target) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendUnavailable(
+                "onnxruntime is not installed: pip install onnxruntime"
+            ) from None
+        unknown = sorted(set(target.options) - OPTIONS)
+        if unknown:
+            raise UserInputError(
+                f"target '{target.name}': onnxruntime does not know option(s) "
+                f"{', '.join(unknown)}; it knows {', '.join(sorted(OPTIONS))}"
+            )
+        level = target.options.get("graph_optimization_level", "all")
+        if level not in LEVELS:
+            raise UserInputError(
+                f"target '{target.name}': graph_optimization_level '{level}' is not one of "
+                f"{', '.join(LEVELS)}"
+            )
+        if target.precision != "fp32":
+            raise UserInputError(
+                f"target '{target.name}': onnxruntime builds fp32 only so far, "
+                f"not {target.precision}"
+            )
+        provider = DEVICES.get(target.device)
+        if provider is None:
+            raise UserInputError(
+                f"target '{target.name}': onnxruntime has no device '{target.device}'; "
+                f"known: {', '.join(DEVICES)}"
+            )
+        if provider not in ort.get_available_providers():
+            raise BackendUnavailable(
+                f"target '{target.name}' needs {provider}, which this onnxruntime lacks "
+                f"(it has {', '.join(ort.get_available_providers())})"
+            )
+
+    def build(self, model: ir.Model, target: Target, out: Path) -> dict[str, Any]:
+        import onnx_ir as ir
+
+        threshold = int(
+            target.options.get("external_data_threshold_bytes", DEFAULT_EXTERNAL_DATA_THRESHOLD)
+        )
+        weight_bytes = sum(
+            v.const_value.nbytes for v in model.graph.initializers.values()
+            if v.const_value is not None
+        )
+        files = {"model": MODEL_FILE}
+        if weight_bytes > threshold:
+            ir.save(model, out / MODEL_FILE, external_data=WEIGHTS_FILE, size_threshold_bytes=1024)
+            files["weights"] = WEIGHTS_FILE
+        else:
+            ir.save(model, out / MODEL_FILE)
+        import onnxruntime as ort
+
+        return {
+            "name": self.name,
+            "files": files,
+            "device": target.device,
+            "provider": DEVICES[target.device],
+            "graph_optimization_level": target.options.get("graph_optimization_level", "all"),
+            "onnxruntime_version": ort.__version__,
+        }
+
+    def load(self, artifact: Artifact, **options: Any) -> OnnxRuntimeSession:
+        return OnnxRuntimeSession(artifact, **options)
+
+
+class OnnxRuntimeSession(Session):
+    def __init__(
+        self,
+        artifact: Artifact,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+    ) -> None:
+        super().__init__(artifact)
+        import onnxruntime as ort
+
+        section = artifact.manifest["backend"]
+        providers = providers or [section.get("provider", "CPUExecutionProvider")]
+        missing = [p for p in providers if p not in ort.get_available_providers()]
+        if missing:
+            raise BackendUnavailable(
+                f"execution provider(s) {', '.join(missing)} not available; this onnxruntime "
+                f"has {', '.join(ort.get_available_providers())}"
+            )
+        opts = ort.SessionOptions()
+        level = section.get("graph_optimization_level", "all")
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[level]
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        opts.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(
+                str(artifact.file("model")), opts, providers=providers
+            )
+        except Exception as exc:  # ORT raises its own exception types per failure
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BuildError(
+                f"onnxruntime cannot load {artifact.file('model')}: {first}"
+            ) from None
+        self._output_names = [o.name for o in self._session.get_outputs()]
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self._session.run(self._output_names, feeds)
+        return dict(zip(self._output_names, values))

@@ -1,0 +1,62 @@
+"""Structural check of .safetensors files before anything loads them.
+
+A truncated download or a flipped header byte otherwise surfaces deep inside transformers as
+an opaque error (or, for a short tail, not at all until a tensor is read).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from modelkiln.errors import CheckpointError
+
+_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
+    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+def check_safetensors(path: Path) -> None:
+    size = path.stat().st_size
+    hint = "re-download or re-save the checkpoint"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path} is truncated ({size} bytes): {hint}")
+        n = int.from_bytes(head, "little")
+        if n > min(size - 8, _MAX_HEADER):
+            raise CheckpointError(
+                f"{path} is corrupt or truncated: its header claims {n} bytes but the file "
+                f"has {size}: {hint}"
+            )
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, ValueError):
+            raise CheckpointError(f"{path} is corrupt: its header is not valid JSON: {hint}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is corrupt: its header is not a JSON object: {hint}")
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, stop = (int(x) for x in info["data_offsets"])
+            expected = _DTYPE_BYTES[info["dtype"]] * math.prod(int(d) for d in info["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(
+                f"{path} is corrupt: tensor '{name}' has a malformed header entry: {hint}"
+            ) from None
+        if stop - begin != expected or begin < 0:
+            raise CheckpointError(
+                f"{path} is corrupt: tensor '{name}' spans {stop - begin} bytes but its dtype "
+                f"and shape need {expected}: {hint}"
+            )
+        end = max(end, stop)
+    if 8 + n + end != size:
+        raise CheckpointError(
+            f"{path} is truncated or corrupt: the header describes {8 + n + end} bytes, "
+            f"the file has {size}: {hint}"
+        )

@@ -1,0 +1,291 @@
+"""Checkpoint sources: a Hugging Face folder, a module factory, or an existing ONNX file.
+
+`load()` only inspects and checks files; it does not import torch. Weights are read when the
+pipeline asks a source for its module, after the target's backend has been checked.
+
+Module factory protocol: `path/to/file.py:make` or `pkg.mod:make` names a callable taking no
+arguments and returning `(module, example_inputs)` or `(module, example_inputs, options)`:
+- `module`: a `torch.nn.Module` whose `forward` takes the inputs as keyword arguments and
+  returns a tensor or a tuple of tensors;
+- `example_inputs`: a dict of input name -> tensor (shapes used for tracing);
+- `options` (optional dict): `output_names` (list), `dynamic_axes` ({input: {axis: name}};
+  default: axis 0 of every input is "batch"), `atol` (float, default 1e-4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelkiln.artifact import sha256_file
+from modelkiln.errors import CheckpointError
+from modelkiln.exporter.safetensors_check import check_safetensors
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+PREPROCESSING_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+    "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+    "added_tokens.json", "preprocessor_config.json", "config.json",
+)
+
+
+def _weights_record(paths: list[Path], root: Path) -> list[dict[str, Any]]:
+    return [
+        {"file": p.relative_to(root).as_posix(), "sha256": sha256_file(p), "size": p.stat().st_size}
+        for p in paths
+    ]
+
+
+@dataclass
+class HFCheckpoint:
+    path: Path
+    config: dict[str, Any]
+    weights: list[Path]
+    pickled: bool
+    preprocessing: list[Path]
+    kind: str = "hf"
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config.get("model_type", "unknown"))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "path": str(self.path.resolve()),
+            "model_type": self.model_type,
+            "architectures": self.config.get("architectures", []),
+            "weights": _weights_record(self.weights, self.path),
+        }
+
+    def load_module(self, auto_class: str) -> Any:
+        """Instantiate the model with real weights; refuses checkpoints missing task weights."""
+        import transformers
+
+        cls = getattr(transformers, auto_class)
+        kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
+        if self.pickled:
+            kwargs.update(use_safetensors=False, weights_only=True)
+        try:
+            model, info = cls.from_pretrained(str(self.path), output_loading_info=True, **kwargs)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(
+                f"transformers cannot load {self.path} as {auto_class}: {first}"
+            ) from None
+        missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
+        if missing:
+            shown = ", ".join(sorted(missing)[:4]) + (" …" if len(missing) > 4 else "")
+            raise CheckpointError(
+                f"{self.path} lacks {len(missing)} weight(s) that {auto_class} needs ({shown}); "
+                "the checkpoint was not trained for this task: pick another --task"
+            )
+        return model.eval()
+
+
+@dataclass
+class FactorySource:
+    ref: str
+    module: Any
+    example_inputs: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)
+    file: Path | None = None
+    kind: str = "factory"
+    config: dict[str, Any] = field(default_factory=dict)
+    preprocessing: list[Path] = field(default_factory=list)
+
+    @property
+    def model_type(self) -> str:
+        return type(self.module).__name__
+
+    def describe(self) -> dict[str, Any]:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return {
+            "kind": self.kind,
+            "path": self.ref,
+            "model_type": self.model_type,
+            "weights": [{"file": "<state_dict>", "sha256": digest.hexdigest(), "size": None}],
+        }
+
+    def load_module(self, auto_class: str | None = None) -> Any:
+        return self.module.eval()
+
+
+@dataclass
+class OnnxSource:
+    path: Path
+    files: list[Path]
+    kind: str = "onnx"
+    config: dict[str, Any] = field(default_factory=dict)
+    preprocessing: list[Path] = field(default_factory=list)
+
+    @property
+    def model_type(self) -> str:
+        return "onnx"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "path": str(self.path.resolve()),
+            "model_type": "onnx",
+            "weights": _weights_record(self.files, self.path.parent),
+        }
+
+
+Source = HFCheckpoint | FactorySource | OnnxSource
+
+
+def load(ref: str, allow_pickle: bool = False) -> Source:
+    path = Path(ref)
+    if path.suffix == ".onnx":
+        return _load_onnx(path)
+    if path.is_dir():
+        return _load_hf(path, allow_pickle)
+    if path.exists():
+        raise CheckpointError(
+            f"{path} is a file modelkiln cannot export; give a Hugging Face checkpoint folder, "
+            "an .onnx file or a module factory (file.py:make)"
+        )
+    if ":" in ref and not path.exists():
+        return _load_factory(ref)
+    raise CheckpointError(f"{path} does not exist")
+
+
+def _load_hf(path: Path, allow_pickle: bool) -> HFCheckpoint:
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(
+            f"{path} has no config.json; expected a Hugging Face checkpoint folder "
+            "(config.json + *.safetensors)"
+        )
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path} does not hold a JSON object")
+    weights = _safetensors_files(path)
+    pickled = False
+    if weights:
+        for w in weights:
+            check_safetensors(w)
+    else:
+        weights = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if not weights:
+            raise CheckpointError(f"{path} has config.json but no weights (*.safetensors)")
+        if not allow_pickle:
+            names = ", ".join(p.name for p in weights)
+            raise CheckpointError(
+                f"{path} holds only pickle weights ({names}), which can run code when loaded; "
+                "convert them to safetensors, or pass --allow-pickle to load them with "
+                "torch.load(weights_only=True)"
+            )
+        pickled = True
+    preprocessing = [path / n for n in PREPROCESSING_FILES if (path / n).is_file()]
+    return HFCheckpoint(path, config, weights, pickled, preprocessing)
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError):
+            raise CheckpointError(f"{index} is not a valid safetensors index") from None
+        missing = [s for s in shards if not (path / s).is_file()]
+        if missing:
+            raise CheckpointError(f"{path} is missing shard(s) {', '.join(missing)} named in {index.name}")
+        return [path / s for s in shards]
+    return sorted(path.glob("*.safetensors"))
+
+
+def _load_onnx(path: Path) -> OnnxSource:
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable ONNX model: {exc}") from None
+    root = path.parent.resolve()
+    files = [path]
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        for tensor in graph.initializer:
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            target = (root / location).resolve()
+            if not target.is_relative_to(root):
+                raise CheckpointError(
+                    f"{path}: tensor '{tensor.name}' points its external data at '{location}', "
+                    f"outside the model's folder {root}; modelkiln reads external data only "
+                    "from the model's own folder"
+                )
+            if not target.is_file():
+                raise CheckpointError(
+                    f"{path}: external data file '{location}' of tensor '{tensor.name}' is missing"
+                )
+            if target not in files:
+                files.append(target)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+    return OnnxSource(path, files)
+
+
+def _load_factory(ref: str) -> FactorySource:
+    target, _, attr = ref.rpartition(":")
+    file = None
+    if target.endswith(".py"):
+        file = Path(target)
+        if not file.is_file():
+            raise CheckpointError(f"module factory file {file} does not exist")
+        spec = importlib.util.spec_from_file_location(f"_kiln_factory_{file.stem}", file)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise CheckpointError(f"importing {file} failed: {type(exc).__name__}: {exc}") from None
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise CheckpointError(f"cannot import module '{target}' for factory {ref}: {exc}") from None
+    make = getattr(module, attr, None)
+    if not callable(make):
+        raise CheckpointError(f"{target} has no callable '{attr}' (from {ref})")
+    result = make()
+    if not isinstance(result, tuple) or len(result) not in (2, 3):
+        raise CheckpointError(
+            f"{ref} must return (module, example_inputs) or (module, example_inputs, options); "
+            f"it returned {type(result).__name__}"
+        )
+    import torch
+
+    net, inputs, *rest = result
+    if not isinstance(net, torch.nn.Module):
+        raise CheckpointError(f"{ref} returned a {type(net).__name__}, not a torch.nn.Module")
+    if not isinstance(inputs, dict) or not inputs or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in inputs.items()
+    ):
+        raise CheckpointError(f"{ref} must return example inputs as a dict of name -> tensor")
+    options = rest[0] if rest else {}
+    if not isinstance(options, dict):
+        raise CheckpointError(f"{ref}: options must be a dict, got {type(options).__name__}")
+    return FactorySource(ref, net, inputs, options, file)

@@ -1,0 +1,252 @@
+"""Task specs: what a task's model takes and returns, how to make inputs, how close is close.
+
+One small declarative spec per task family. Inputs are listed one by one with named axes, so a
+decoder spec can list `past_key_values.{i}.key` inputs (axes batch, heads, past_sequence,
+head_dim) per layer the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modelkiln.errors import UnknownTaskError, UserInputError
+
+Axis = int | str
+
+
+@dataclass(frozen=True)
+class InputDecl:
+    name: str
+    dtype: str
+    axes: tuple[Axis, ...]
+    fill: str  # token_ids | mask | zeros | normal | ints | bools
+    low: int = 0
+    high: int = 2
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float = 1e-4
+    min_cosine: float | None = None  # compared per row of the last axis (embeddings)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"atol": self.atol, "min_cosine": self.min_cosine}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Tolerance:
+        return cls(atol=float(data["atol"]), min_cosine=data.get("min_cosine"))
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    task: str
+    inputs: tuple[InputDecl, ...]
+    outputs: tuple[str, ...]
+    tolerance: Tolerance
+    trace_dims: Mapping[str, int]
+    check_dims: tuple[Mapping[str, int], ...]
+    auto_class: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {
+            d.name: {i: a for i, a in enumerate(d.axes) if isinstance(a, str)} for d in self.inputs
+        }
+
+
+TEXT_TASKS = {
+    "feature-extraction": ("AutoModel", ("last_hidden_state",)),
+    "text-classification": ("AutoModelForSequenceClassification", ("logits",)),
+    "token-classification": ("AutoModelForTokenClassification", ("logits",)),
+}
+IMAGE_TASKS = {
+    "feature-extraction": ("AutoModel", ("last_hidden_state",)),
+    "image-classification": ("AutoModelForImageClassification", ("logits",)),
+}
+TASKS = sorted(set(TEXT_TASKS) | set(IMAGE_TASKS))
+_ARCH_SUFFIX_TO_TASK = {
+    "ForSequenceClassification": "text-classification",
+    "ForTokenClassification": "token-classification",
+    "ForImageClassification": "image-classification",
+    "Model": "feature-extraction",
+}
+TEXT_CHECK_DIMS = ({"batch": 1, "sequence": 16}, {"batch": 3, "sequence": 37})
+BATCH_CHECK_DIMS = ({"batch": 1}, {"batch": 3})
+
+
+def infer_task(config: Mapping[str, Any]) -> str:
+    for arch in config.get("architectures") or []:
+        for suffix, task in _ARCH_SUFFIX_TO_TASK.items():
+            if arch.endswith(suffix):
+                return task
+    archs = ", ".join(config.get("architectures") or []) or "none"
+    raise UnknownTaskError(
+        f"cannot infer the task from config.json (architectures: {archs}); "
+        f"pass --task, one of: {', '.join(TASKS)}"
+    )
+
+
+def auto_class_for(config: Mapping[str, Any], task: str | None) -> str:
+    """The transformers Auto class that loads a checkpoint for `task` (or its inferred task)."""
+    task = task or infer_task(config)
+    check_task(task)
+    table = TEXT_TASKS if "vocab_size" in config else IMAGE_TASKS
+    if task not in table:
+        kind = "text" if table is TEXT_TASKS else "image"
+        raise UnknownTaskError(
+            f"task '{task}' does not fit {kind} model type {config.get('model_type')}; "
+            f"{kind} tasks: {', '.join(table)}"
+        )
+    return table[task][0]
+
+
+def for_hf(config: Mapping[str, Any], task: str | None, forward_args: set[str]) -> TaskSpec:
+    """Spec for a Hugging Face checkpoint; `forward_args` are the model's forward parameters."""
+    task = task or infer_task(config)
+    if task not in TASKS:
+        raise UnknownTaskError(f"unknown task '{task}'; known tasks: {', '.join(TASKS)}")
+    if "vocab_size" in config and "pixel_values" not in forward_args:
+        return _text_spec(config, task, forward_args)
+    if "image_size" in config or "pixel_values" in forward_args:
+        return _image_spec(config, task)
+    raise UnknownTaskError(f"cannot tell the input modality of model type {config.get('model_type')}")
+
+
+def check_task(task: str | None) -> None:
+    if task is not None and task not in TASKS:
+        raise UnknownTaskError(f"unknown task '{task}'; known tasks: {', '.join(TASKS)}")
+
+
+def _text_spec(config: Mapping[str, Any], task: str, forward_args: set[str]) -> TaskSpec:
+    if task not in TEXT_TASKS:
+        raise UnknownTaskError(
+            f"task '{task}' does not fit text model type {config.get('model_type')}; "
+            f"text tasks: {', '.join(TEXT_TASKS)}"
+        )
+    auto_class, outputs = TEXT_TASKS[task]
+    axes = ("batch", "sequence")
+    vocab = int(config["vocab_size"])
+    inputs = [InputDecl("input_ids", "int64", axes, "token_ids", low=min(1000, vocab // 2), high=vocab)]
+    if "attention_mask" in forward_args:
+        inputs.append(InputDecl("attention_mask", "int64", axes, "mask"))
+    if "token_type_ids" in forward_args and int(config.get("type_vocab_size", 0)) >= 2:
+        inputs.append(InputDecl("token_type_ids", "int64", axes, "zeros"))
+    return TaskSpec(
+        task=task,
+        inputs=tuple(inputs),
+        outputs=outputs,
+        tolerance=Tolerance(atol=1e-4, min_cosine=0.9999 if task == "feature-extraction" else None),
+        trace_dims={"batch": 2, "sequence": 8},
+        check_dims=TEXT_CHECK_DIMS,
+        auto_class=auto_class,
+    )
+
+
+def _image_spec(config: Mapping[str, Any], task: str) -> TaskSpec:
+    if task not in IMAGE_TASKS:
+        raise UnknownTaskError(
+            f"task '{task}' does not fit image model type {config.get('model_type')}; "
+            f"image tasks: {', '.join(IMAGE_TASKS)}"
+        )
+    auto_class, outputs = IMAGE_TASKS[task]
+    size = config.get("image_size", 224)
+    height, width = (size, size) if isinstance(size, int) else (size[0], size[1])
+    channels = int(config.get("num_channels", 3))
+    pixels = InputDecl("pixel_values", "float32", ("batch", channels, int(height), int(width)), "normal")
+    return TaskSpec(
+        task=task,
+        inputs=(pixels,),
+        outputs=outputs,
+        tolerance=Tolerance(atol=1e-4, min_cosine=0.9999 if task == "feature-extraction" else None),
+        trace_dims={"batch": 2},
+        check_dims=BATCH_CHECK_DIMS,
+        auto_class=auto_class,
+    )
+
+
+def for_factory(example_inputs: Mapping[str, Any], options: Mapping[str, Any], n_outputs: int) -> TaskSpec:
+    """Spec for a module factory: shapes and value ranges come from its example inputs."""
+    dynamic = options.get("dynamic_axes") or {name: {0: "batch"} for name in example_inputs}
+    inputs = []
+    trace_dims: dict[str, int] = {}
+    for name, tensor in example_inputs.items():
+        array = tensor.detach().cpu().numpy()
+        named = {int(k): str(v) for k, v in dynamic.get(name, {}).items()}
+        axes = tuple(named.get(i, size) for i, size in enumerate(array.shape))
+        for i, axis in named.items():
+            trace_dims.setdefault(axis, int(array.shape[i]))
+        if array.dtype == np.bool_:
+            fill, low, high = "bools", 0, 2
+        elif np.issubdtype(array.dtype, np.integer):
+            fill, low, high = "ints", int(array.min()), int(array.max()) + 1
+        else:
+            fill, low, high = "normal", 0, 0
+        inputs.append(InputDecl(name, array.dtype.name, axes, fill, low, high))
+    names = options.get("output_names") or [f"output_{i}" for i in range(n_outputs)]
+    if len(names) != n_outputs:
+        raise UserInputError(f"output_names lists {len(names)} names but the module returns {n_outputs} outputs")
+    checks = tuple({**{d: v for d, v in trace_dims.items()}, **c} for c in ({"batch": 1}, {"batch": 3}))
+    return TaskSpec(
+        task="custom",
+        inputs=tuple(inputs),
+        outputs=tuple(names),
+        tolerance=Tolerance(atol=float(options.get("atol", 1e-4))),
+        trace_dims=trace_dims,
+        check_dims=checks,
+    )
+
+
+def for_onnx(model: Any) -> TaskSpec:
+    """Spec read from an ONNX graph (an `onnx_ir.Model`): named dims are the dynamic axes."""
+    inputs = []
+    dims: set[str] = set()
+    for value in model.graph.inputs:
+        dtype = np.dtype(value.dtype.numpy()).name
+        axes: list[Axis] = []
+        for i, dim in enumerate(value.shape or ()):
+            if isinstance(dim, int):
+                axes.append(dim)
+            else:
+                axes.append(str(dim.value) if dim.value else f"{value.name}_dim{i}")
+                dims.add(str(axes[-1]))
+        fill = "normal" if np.issubdtype(np.dtype(dtype), np.floating) else (
+            "bools" if dtype == "bool" else "ints")
+        inputs.append(InputDecl(value.name, dtype, tuple(axes), fill))
+    return TaskSpec(
+        task="custom",
+        inputs=tuple(inputs),
+        outputs=tuple(v.name for v in model.graph.outputs),
+        tolerance=Tolerance(atol=1e-4),
+        trace_dims={d: 2 for d in dims},
+        check_dims=({d: 1 for d in dims}, {d: 3 for d in dims}),
+    )
+
+
+def make_inputs(spec: TaskSpec, dims: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic inputs for the given named-dim sizes: valid token ids, padded masks."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for decl in spec.inputs:
+        try:
+            shape = tuple(a if isinstance(a, int) else int(dims[a]) for a in decl.axes)
+        except KeyError as exc:
+            raise UserInputError(f"no size given for dimension {exc} of input '{decl.name}'") from None
+        if decl.fill == "token_ids":
+            value = rng.integers(decl.low, decl.high, size=shape)
+        elif decl.fill == "mask":
+            value = np.ones(shape)
+            if shape[0] > 1 and shape[-1] > 2:
+                value[-1, shape[-1] // 2 :] = 0  # right padding on the last row, as tokenizers do
+        elif decl.fill == "zeros":
+            value = np.zeros(shape)
+        elif decl.fill in ("ints", "bools"):
+            value = rng.integers(decl.low, max(decl.high, decl.low + 1), size=shape)
+        else:
+            value = rng.standard_normal(shape)
+        feeds[decl.name] = value.astype(decl.dtype)
+    return feeds

@@ -1,0 +1,140 @@
+"""The artifact folder: `kiln.json` manifest, file hashes, and staged (all-or-nothing) writes.
+
+Reading an artifact needs only the standard library and numpy, so the runtime stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelkiln.errors import ArtifactError, OutputExistsError
+from modelkiln.tensors import TensorSpec, specs_from_json
+
+MANIFEST = "kiln.json"
+GOLDEN = "golden.npz"
+SCHEMA_VERSION = 1
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entries(root: Path) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file under `root` except the manifest itself."""
+    entries = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel == MANIFEST:
+            continue
+        entries[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    return entries
+
+
+def verify_files(root: Path, recorded: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Problems found comparing the folder with the manifest's file list; empty when intact."""
+    problems = []
+    for rel, entry in recorded.items():
+        path = root / rel
+        if not path.is_file():
+            problems.append(f"{rel}: missing")
+        elif path.stat().st_size != entry["size"]:
+            problems.append(f"{rel}: size {path.stat().st_size} != recorded {entry['size']}")
+        elif sha256_file(path) != entry["sha256"]:
+            problems.append(f"{rel}: sha256 differs from the manifest (file was modified)")
+    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    for rel in sorted(present - set(recorded) - {MANIFEST}):
+        problems.append(f"{rel}: not listed in the manifest")
+    return problems
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Artifact:
+        root = Path(path)
+        manifest_path = root / MANIFEST
+        if not root.exists():
+            raise ArtifactError(f"no artifact at {root}: the path does not exist")
+        if not manifest_path.is_file():
+            raise ArtifactError(
+                f"{root} is not a modelkiln artifact: it has no {MANIFEST} "
+                "(create one with `kiln export`)"
+            )
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{manifest_path} is unreadable: {exc}") from None
+        version = manifest.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ArtifactError(
+                f"{manifest_path} has schema version {version!r}; this modelkiln reads "
+                f"version {SCHEMA_VERSION}"
+            )
+        return cls(root, manifest)
+
+    @property
+    def backend(self) -> str:
+        return str(self.manifest["backend"]["name"])
+
+    @property
+    def inputs(self) -> dict[str, TensorSpec]:
+        return specs_from_json(self.manifest["inputs"])
+
+    @property
+    def outputs(self) -> dict[str, TensorSpec]:
+        return specs_from_json(self.manifest["outputs"])
+
+    def file(self, role: str) -> Path:
+        """Path of a backend file by role (e.g. "model"), as recorded at build time."""
+        return self.path / self.manifest["backend"]["files"][role]
+
+
+def write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+
+
+def check_output_free(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} already exists; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} exists and is not a folder; choose another output path")
+
+
+@contextlib.contextmanager
+def staging(out: Path, force: bool = False) -> Iterator[Path]:
+    """Yield an empty sibling folder of `out`; rename it to `out` only if the block succeeds.
+
+    On any error the staging folder is removed and `out` is left as it was, so a failed
+    export never leaves a half-written artifact behind.
+    """
+    check_output_free(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        yield stage
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, trash / out.name)
+            os.replace(stage, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(stage, out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)

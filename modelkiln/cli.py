@@ -1,0 +1,221 @@
+"""The `kiln` command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from modelkiln.errors import ModelkilnError, ValidationError
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+def _human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """User errors become one line on stderr and an exit code; --debug shows the traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        try:
+            return fn(*args, **kwargs)
+        except ModelkilnError as exc:
+            if ctx.find_root().params.get("debug"):
+                raise
+            err.print(f"[red]error:[/] {exc}", soft_wrap=True)
+            if isinstance(exc, ValidationError) and exc.report.get("failures"):
+                for failure in exc.report["failures"]:
+                    err.print(f"  ✗ {failure}", soft_wrap=True)
+            ctx.exit(exc.exit_code)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.version_option(package_name="modelkiln")
+def main(debug: bool) -> None:
+    """modelkiln: export neural networks to validated, deployable artifacts.
+
+    \b
+    kiln export CHECKPOINT -o OUT   trace, optimize, build and validate an artifact
+    kiln validate ARTIFACT          re-check an artifact (files, golden outputs, reference)
+    kiln inspect PATH               show what an artifact or .onnx file holds
+    """
+
+
+@main.command()
+@click.argument("checkpoint")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Artifact folder to create (refused if it exists, unless --force).")
+@click.option("--task", default=None,
+              help="Task to export for; inferred from config.json architectures when omitted. "
+                   "One of: feature-extraction, text-classification, token-classification, "
+                   "image-classification.")
+@click.option("--target", default="cpu", show_default=True,
+              help="Built-in target name or path to a target .toml file.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Load .bin/.pt weights with torch.load(weights_only=True). Off by default: "
+                   "pickle files can run code.")
+@click.option("--no-validate", "no_validate", is_flag=True,
+              help="Skip comparing against the PyTorch reference (recorded in the manifest).")
+@click.option("--dump-passes", type=click.Path(path_type=Path), default=None,
+              help="Write the model after each graph pass into this folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@handle_errors
+def export(checkpoint: str, output: Path, task: str | None, target: str, force: bool,
+           allow_pickle: bool, no_validate: bool, dump_passes: Path | None, as_json: bool,
+           quiet: bool) -> None:
+    """Export CHECKPOINT to a validated artifact.
+
+    CHECKPOINT is a Hugging Face checkpoint folder (config.json + safetensors), an .onnx
+    file, or a module factory `path/to/file.py:make` / `pkg.mod:make` returning
+    (module, example_inputs[, options]).
+
+    The artifact appears at OUTPUT only once it has been built and its outputs match the
+    PyTorch reference on two input shapes; any mismatch fails with exit code 1.
+    """
+    from modelkiln.pipeline import export as run_export
+    from modelkiln.progress import Progress
+
+    progress = Progress(quiet=quiet or as_json, console=err)
+    try:
+        result = run_export(checkpoint, output, task=task, target=target, force=force,
+                            allow_pickle=allow_pickle, validate=not no_validate,
+                            dump_passes=dump_passes, progress=progress)
+    except ValidationError as exc:
+        if as_json:
+            click.echo(json.dumps({"passed": False, "error": str(exc), "validation": exc.report},
+                                  indent=2))
+        raise
+    summary = {
+        "artifact": str(result.path),
+        "size_bytes": result.size_bytes,
+        "task": result.manifest["task"],
+        "target": result.manifest["target"]["name"],
+        "backend": result.manifest["backend"]["name"],
+        "times": {k: round(v, 3) for k, v in result.times.items()},
+        "validation": _validation_line(result.manifest["validation"]),
+        "passed": True,
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    if quiet:
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_row("artifact", f"{result.path}  ({_human_size(result.size_bytes)})")
+    table.add_row("task", f"{summary['task']} on {summary['target']} ({summary['backend']})")
+    table.add_row("time", "  ".join(f"{k} {v:.1f}s" for k, v in result.times.items())
+                  + f"  total {sum(result.times.values()):.1f}s")
+    table.add_row("validation", summary["validation"])
+    err.print(table)
+
+
+def _validation_line(report: dict[str, Any]) -> str:
+    if report.get("skipped"):
+        return f"skipped ({report.get('reason')})"
+    cosines = [r["cosine_min"] for c in report["checks"] for r in c["outputs"].values()
+               if "cosine_min" in r]
+    text = f"passed on {len(report['checks'])} shapes, max abs diff {report['max_abs_diff']:.2e}"
+    if cosines:
+        text += f", min cosine {min(cosines):.6f}"
+    return text
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--reference", default=None,
+              help="Checkpoint to re-run in PyTorch on fresh inputs of new shapes.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in --reference.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON on stdout.")
+@click.option("--junit", type=click.Path(path_type=Path), default=None,
+              help="Also write the checks as JUnit XML for CI.")
+@handle_errors
+def validate(artifact: Path, reference: str | None, allow_pickle: bool, as_json: bool,
+             junit: Path | None) -> None:
+    """Re-check ARTIFACT: file hashes, golden outputs replayed through the runtime, and
+    optionally a fresh PyTorch run. Exit code 0 when every check passes, 1 otherwise."""
+    from modelkiln.verify import verify_artifact
+
+    report = verify_artifact(artifact, reference=reference, allow_pickle=allow_pickle)
+    if junit is not None:
+        from modelkiln.junit import write_junit
+
+        write_junit(report, junit)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for name, check in report["checks"].items():
+            mark = "[green]✓[/]" if check["passed"] else "[red]✗[/]"
+            detail = ""
+            if name == "files":
+                detail = f"{check['count']} files" if check["passed"] else ""
+            elif check.get("skipped"):
+                detail = f"skipped: {check['skipped']}"
+            elif "max_abs_diff" in check:
+                detail = f"{len(check['checks'])} shapes, max abs diff {check['max_abs_diff']:.2e}"
+            err.print(f"{mark} {name} {detail}".rstrip())
+            for problem in check.get("problems", []) + check.get("failures", []):
+                err.print(f"    {problem}", soft_wrap=True)
+        verdict = "[green]passed[/]" if report["passed"] else "[red]FAILED[/]"
+        err.print(f"{artifact}: {verdict}")
+    sys.exit(0 if report["passed"] else 1)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON on stdout.")
+@handle_errors
+def inspect(path: Path, as_json: bool) -> None:
+    """Show inputs, outputs, op histogram, parameters, size and passes of an artifact or
+    an .onnx file."""
+    from modelkiln.describe import describe
+
+    info = describe(path)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    out.print(f"[bold]{info['path']}[/]  {info['kind']}, {_human_size(info['size_bytes'])}")
+    if info["kind"] == "artifact":
+        out.print(f"task {info['task']}, target {info['target']} ({info['backend']}, "
+                  f"{info['precision']}), source {info['source']}")
+    for title in ("inputs", "outputs"):
+        out.print(f"{title}:")
+        for name, spec in info[title].items():
+            out.print(f"  {name}: {spec['dtype']}[{', '.join(str(d) for d in spec['shape'])}]")
+    graph = info.get("graph")
+    if graph:
+        out.print(f"graph: {graph['nodes']} nodes, {graph['parameters']:,} parameters, opset "
+                  + ", ".join(f"{k} {v}" for k, v in graph["opset"].items()))
+        out.print("ops: " + ", ".join(f"{op} {n}" for op, n in graph["ops"].items()))
+    if info.get("passes"):
+        out.print("passes:")
+        for p in info["passes"]:
+            out.print(f"  {p['name']}: {p['nodes_before']} -> {p['nodes_after']} nodes, "
+                      f"{p['seconds'] * 1000:.0f} ms")
+    if "validation" in info:
+        out.print(f"validation: {info['validation']}")
+
+
+if __name__ == "__main__":
+    main()

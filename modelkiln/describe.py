@@ -1,0 +1,93 @@
+"""`kiln inspect`: what an artifact or an .onnx file holds, without running it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelkiln.artifact import MANIFEST, Artifact
+from modelkiln.errors import ArtifactError
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir() and (path / MANIFEST).is_file():
+        artifact = Artifact.open(path)
+        m = artifact.manifest
+        info = {
+            "kind": "artifact",
+            "path": str(path),
+            "name": m.get("name"),
+            "task": m.get("task"),
+            "target": m.get("target", {}).get("name"),
+            "backend": artifact.backend,
+            "precision": m.get("precision"),
+            "source": m.get("source", {}).get("path"),
+            "inputs": m["inputs"],
+            "outputs": m["outputs"],
+            "passes": m.get("passes", []),
+            "validation": _validation_summary(m.get("validation", {})),
+            "size_bytes": sum(int(e["size"]) for e in m.get("files", {}).values()),
+            "files": m.get("files", {}),
+        }
+        model_file = artifact.file("model")
+        if model_file.suffix == ".onnx":
+            stats = _graph_stats(model_file)
+            del stats["inputs"], stats["outputs"]
+            info["graph"] = stats
+        return info
+    if path.suffix == ".onnx" and path.is_file():
+        stats = _graph_stats(path)
+        return {"kind": "onnx", "path": str(path), "inputs": stats.pop("inputs"),
+                "outputs": stats.pop("outputs"), "graph": stats,
+                "size_bytes": path.stat().st_size}
+    if not path.exists():
+        raise ArtifactError(f"{path} does not exist")
+    raise ArtifactError(f"{path} is neither a modelkiln artifact (folder with {MANIFEST}) nor an .onnx file")
+
+
+def _validation_summary(report: dict[str, Any]) -> dict[str, Any]:
+    if report.get("skipped"):
+        return {"skipped": True, "reason": report.get("reason")}
+    return {k: report.get(k) for k in ("passed", "max_abs_diff", "tolerance", "reference")}
+
+
+def _graph_stats(path: Path) -> dict[str, Any]:
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ArtifactError(f"{path} is not a readable ONNX model: {exc}") from None
+    ops: Counter[str] = Counter()
+    graphs = [proto.graph]
+    while graphs:
+        g = graphs.pop()
+        for node in g.node:
+            ops[f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type] += 1
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+    params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
+    init_names = {t.name for t in proto.graph.initializer}
+    return {
+        "opset": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
+        "nodes": sum(ops.values()),
+        "parameters": params,
+        "ops": dict(ops.most_common()),
+        "inputs": {i.name: _value_info(i) for i in proto.graph.input if i.name not in init_names},
+        "outputs": {o.name: _value_info(o) for o in proto.graph.output},
+    }
+
+
+def _value_info(value: Any) -> dict[str, Any]:
+    import onnx
+
+    tensor = value.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+    return {"dtype": dtype, "shape": dims}

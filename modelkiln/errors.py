@@ -1,0 +1,68 @@
+"""One error tree for everything a user can get wrong or a build can fail on.
+
+The CLI maps `UserInputError` and `BackendUnavailable` to exit code 2 and every other
+`ModelkilnError` to exit code 1. Anything that is not a `ModelkilnError` is a bug in modelkiln
+and surfaces as a traceback so it gets fixed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ModelkilnError(Exception):
+    """Base class; `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class UserInputError(ModelkilnError):
+    exit_code = 2
+
+
+class CheckpointError(UserInputError):
+    """The checkpoint is missing, unreadable, corrupt or of a kind we refuse to load."""
+
+
+class UnknownTaskError(UserInputError):
+    pass
+
+
+class UnknownTargetError(UserInputError):
+    pass
+
+
+class UnknownBackendError(UserInputError):
+    pass
+
+
+class FeedError(UserInputError):
+    """Inputs given to `Session.run` do not match the artifact's manifest."""
+
+
+class ArtifactError(UserInputError):
+    """The path is not a readable modelkiln artifact."""
+
+
+class OutputExistsError(UserInputError):
+    pass
+
+
+class BackendUnavailable(ModelkilnError):
+    exit_code = 2
+
+
+class ExportError(ModelkilnError):
+    """Tracing the model to ONNX failed."""
+
+
+class BuildError(ModelkilnError):
+    pass
+
+
+class ValidationError(ModelkilnError):
+    """Outputs differ from the reference; `report` holds every comparison made."""
+
+    def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.report = report or {}

@@ -1,0 +1,42 @@
+"""The runtime facade: load an artifact, check feeds, run. Never imports torch or transformers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from modelkiln.artifact import Artifact
+from modelkiln.feeds import check_feeds
+from modelkiln.tensors import TensorSpec
+
+
+class Session:
+    """Base class for backend sessions: feed checking lives here, execution in `_run`."""
+
+    def __init__(self, artifact: Artifact) -> None:
+        self.artifact = artifact
+        self.inputs: dict[str, TensorSpec] = artifact.inputs
+        self.outputs: dict[str, TensorSpec] = artifact.outputs
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        return self._run(check_feeds(self.inputs, feeds))
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.artifact.path} inputs={list(self.inputs)}>"
+
+
+def load(path: str | os.PathLike[str], **options: Any) -> Session:
+    """Open an artifact with the backend it was built for.
+
+    Options go to the backend (ONNX Runtime: `threads`, `providers`).
+    """
+    from modelkiln.backends import get_backend
+
+    artifact = Artifact.open(path)
+    return get_backend(artifact.backend).load(artifact, **options)

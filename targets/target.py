@@ -1,0 +1,106 @@
+"""Targets name where an artifact runs: backend, device, precision, options, shape ranges.
+
+Built-in presets are TOML files in `presets/`; users pass their own TOML file by path.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from modelkiln.errors import UnknownTargetError, UserInputError
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8-dynamic", "int8-static", "int4-weights", "auto")
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    min: int
+    opt: int
+    max: int
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    backend: str
+    device: str = "cpu"
+    precision: str = "fp32"
+    description: str = ""
+    shapes: Mapping[str, ShapeRange] = field(default_factory=lambda: MappingProxyType({}))
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "backend": self.backend,
+            "device": self.device,
+            "precision": self.precision,
+            "shapes": {k: vars(v) for k, v in self.shapes.items()},
+            "options": dict(self.options),
+        }
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in files("modelkiln.targets").joinpath("presets").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def load_target(name_or_path: str) -> Target:
+    """A built-in preset by name, or a user's TOML file by path."""
+    if name_or_path.endswith(".toml") or "/" in name_or_path:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise UnknownTargetError(f"target file {path} does not exist")
+        return _parse(path.read_text(), str(path), default_name=path.stem)
+    if name_or_path not in preset_names():
+        raise UnknownTargetError(
+            f"unknown target '{name_or_path}'; built-in targets: {', '.join(preset_names())} "
+            "(or pass a path to a target .toml file)"
+        )
+    text = files("modelkiln.targets").joinpath("presets", f"{name_or_path}.toml").read_text()
+    return _parse(text, f"preset {name_or_path}", default_name=name_or_path)
+
+
+def _parse(text: str, origin: str, default_name: str) -> Target:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserInputError(f"malformed target {origin}: {exc}") from None
+    known = {"name", "backend", "device", "precision", "description", "shapes", "options"}
+    extra = sorted(set(data) - known)
+    if extra:
+        raise UserInputError(
+            f"target {origin}: unknown key(s) {', '.join(extra)}; known: {', '.join(sorted(known))}"
+        )
+    if "backend" not in data:
+        raise UserInputError(f"target {origin} has no 'backend' key")
+    precision = data.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise UserInputError(
+            f"target {origin}: unknown precision '{precision}'; one of {', '.join(PRECISIONS)}"
+        )
+    shapes = {}
+    for dim, rng in data.get("shapes", {}).items():
+        try:
+            shapes[dim] = ShapeRange(int(rng["min"]), int(rng["opt"]), int(rng["max"]))
+        except (KeyError, TypeError, ValueError):
+            raise UserInputError(
+                f"target {origin}: shapes.{dim} needs integer min, opt and max"
+            ) from None
+        if not 1 <= shapes[dim].min <= shapes[dim].opt <= shapes[dim].max:
+            raise UserInputError(f"target {origin}: shapes.{dim} needs 1 <= min <= opt <= max")
+    return Target(
+        name=str(data.get("name", default_name)),
+        backend=str(data["backend"]),
+        device=str(data.get("device", "cpu")),
+        precision=precision,
+        description=str(data.get("description", "")),
+        shapes=MappingProxyType(shapes),
+        options=MappingProxyType(dict(data.get("options", {}))),
+    )
