@@ -68,6 +68,8 @@ class HFCheckpoint:
         """Instantiate the model with real weights; refuses checkpoints missing task weights."""
         import transformers
 
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
         cls = getattr(transformers, auto_class)
         kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
         if self.pickled:

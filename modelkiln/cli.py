@@ -202,7 +202,8 @@ def inspect(path: Path, as_json: bool) -> None:
     for title in ("inputs", "outputs"):
         out.print(f"{title}:")
         for name, spec in info[title].items():
-            out.print(f"  {name}: {spec['dtype']}[{', '.join(str(d) for d in spec['shape'])}]")
+            dims = ", ".join(str(d) for d in spec["shape"])
+            out.print(f"  {name}: {spec['dtype']}[{dims}]", markup=False)
     graph = info.get("graph")
     if graph:
         out.print(f"graph: {graph['nodes']} nodes, {graph['parameters']:,} parameters, opset "
@@ -214,7 +215,7 @@ def inspect(path: Path, as_json: bool) -> None:
             out.print(f"  {p['name']}: {p['nodes_before']} -> {p['nodes_after']} nodes, "
                       f"{p['seconds'] * 1000:.0f} ms")
     if "validation" in info:
-        out.print(f"validation: {info['validation']}")
+        out.print(f"validation: {info['validation']}", markup=False)
 
 
 if __name__ == "__main__":
