@@ -75,7 +75,8 @@ class OnnxRuntimeBackend:
             target.options.get("external_data_threshold_bytes", DEFAULT_EXTERNAL_DATA_THRESHOLD)
         )
         weight_bytes = sum(
-            v.const_value.nbytes for v in model.graph.initializers.values()
+            v.const_value.nbytes
+            for v in model.graph.initializers.values()
             if v.const_value is not None
         )
         files = {"model": MODEL_FILE}
@@ -134,11 +135,9 @@ class OnnxRuntimeSession(Session):
             )
         except Exception as exc:  # ORT raises its own exception types per failure
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BuildError(
-                f"onnxruntime cannot load {artifact.file('model')}: {first}"
-            ) from None
+            raise BuildError(f"onnxruntime cannot load {artifact.file('model')}: {first}") from None
         self._output_names = [o.name for o in self._session.get_outputs()]
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self._session.run(self._output_names, feeds)
-        return dict(zip(self._output_names, values))
+        return dict(zip(self._output_names, values, strict=True))

@@ -21,8 +21,13 @@ def count_nodes(model: ir.Model) -> int:
 class Recorded(ir.passes.InPlacePass):
     """Runs an in-place pass and appends its name, node counts and time to `log`."""
 
-    def __init__(self, name: str, inner: ir.passes.PassBase, log: list[dict[str, Any]],
-                 dump_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        inner: ir.passes.PassBase,
+        log: list[dict[str, Any]],
+        dump_dir: Path | None = None,
+    ) -> None:
         super().__init__()
         self.name = name
         self.inner = inner
@@ -34,37 +39,55 @@ class Recorded(ir.passes.InPlacePass):
         start = time.perf_counter()
         result = self.inner(model)
         seconds = time.perf_counter() - start
-        self.log.append({
-            "name": self.name,
-            "nodes_before": before,
-            "nodes_after": count_nodes(result.model),
-            "modified": bool(result.modified),
-            "seconds": round(seconds, 4),
-        })
+        self.log.append(
+            {
+                "name": self.name,
+                "nodes_before": before,
+                "nodes_after": count_nodes(result.model),
+                "modified": bool(result.modified),
+                "seconds": round(seconds, 4),
+            }
+        )
         if self.dump_dir is not None:
             self.dump_dir.mkdir(parents=True, exist_ok=True)
             index = len(self.log)
-            ir.save(result.model, self.dump_dir / f"{index:02d}-{self.name}.onnx",
-                    external_data=f"{index:02d}-{self.name}.onnx.data", size_threshold_bytes=1 << 20)
+            ir.save(
+                result.model,
+                self.dump_dir / f"{index:02d}-{self.name}.onnx",
+                external_data=f"{index:02d}-{self.name}.onnx.data",
+                size_threshold_bytes=1 << 20,
+            )
         return ir.passes.PassResult(result.model, result.modified)
 
 
 def simplify_passes() -> list[tuple[str, ir.passes.PassBase]]:
     """The target-independent simplification pipeline, in order."""
     from onnxscript.optimizer import constant_folding
-    from onnxscript.rewriter import RewritePass, _DEFAULT_REWRITE_RULES
+    from onnxscript.rewriter import _DEFAULT_REWRITE_RULES, RewritePass
 
     return [
         ("inline", common.InlinePass()),
         ("shape-inference", common.ShapeInferencePass()),
-        ("constant-folding", constant_folding.FoldConstantsPass(
-            shape_inference=True, input_size_limit=8192, output_size_limit=262144)),
+        (
+            "constant-folding",
+            constant_folding.FoldConstantsPass(
+                shape_inference=True, input_size_limit=8192, output_size_limit=262144
+            ),
+        ),
         ("rewrite-rules", RewritePass(_DEFAULT_REWRITE_RULES)),
         ("identity-elimination", common.IdentityEliminationPass()),
-        ("dead-code-elimination", ir.passes.Sequential(
-            common.RemoveUnusedNodesPass(), common.RemoveUnusedFunctionsPass(),
-            common.RemoveUnusedOpsetsPass())),
-        ("lift-constants", common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)),
+        (
+            "dead-code-elimination",
+            ir.passes.Sequential(
+                common.RemoveUnusedNodesPass(),
+                common.RemoveUnusedFunctionsPass(),
+                common.RemoveUnusedOpsetsPass(),
+            ),
+        ),
+        (
+            "lift-constants",
+            common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        ),
         ("deduplicate-initializers", common.DeduplicateInitializersPass()),
         ("common-subexpression-elimination", common.CommonSubexpressionEliminationPass()),
         ("dead-code-elimination", common.RemoveUnusedNodesPass()),
@@ -73,14 +96,20 @@ def simplify_passes() -> list[tuple[str, ir.passes.PassBase]]:
     ]
 
 
-def simplify(model: ir.Model, dump_dir: Path | None = None) -> tuple[ir.Model, list[dict[str, Any]]]:
+def simplify(
+    model: ir.Model, dump_dir: Path | None = None
+) -> tuple[ir.Model, list[dict[str, Any]]]:
     log: list[dict[str, Any]] = []
     manager = ir.passes.PassManager(
         [Recorded(name, p, log, dump_dir) for name, p in simplify_passes()]
     )
     if dump_dir is not None:
         dump_dir.mkdir(parents=True, exist_ok=True)
-        ir.save(model, dump_dir / "00-traced.onnx", external_data="00-traced.onnx.data",
-                size_threshold_bytes=1 << 20)
+        ir.save(
+            model,
+            dump_dir / "00-traced.onnx",
+            external_data="00-traced.onnx.data",
+            size_threshold_bytes=1 << 20,
+        )
     result = manager(model)
     return result.model, log

@@ -23,7 +23,7 @@ def torch_runner(module: Any, outputs: Sequence[str]) -> Runner:
             result = module(**kwargs)
         if isinstance(result, torch.Tensor):
             result = (result,)
-        return {name: t.detach().cpu().numpy() for name, t in zip(outputs, result)}
+        return {name: t.detach().cpu().numpy() for name, t in zip(outputs, result, strict=True)}
 
     return run
 
@@ -39,7 +39,7 @@ def onnx_runner(path: Path) -> Runner:
     names = [o.name for o in session.get_outputs()]
 
     def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(names, session.run(names, dict(feeds))))
+        return dict(zip(names, session.run(names, dict(feeds)), strict=True))
 
     return run
 
@@ -51,7 +51,10 @@ def validate(
     dims_list: Sequence[Mapping[str, int]] | None = None,
     seed: int = 0,
 ) -> tuple[dict[str, Any], list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]]:
-    """Compare candidate with reference on every shape; returns the report and (inputs, ref outputs)."""
+    """Compare candidate with reference on every shape.
+
+    Returns the report and, per shape, (inputs, reference outputs) for golden.npz.
+    """
     tolerance = spec.tolerance.to_json()
     checks = []
     samples = []

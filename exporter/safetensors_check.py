@@ -13,8 +13,21 @@ from pathlib import Path
 from modelkiln.errors import CheckpointError
 
 _DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
-    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
 }
 _MAX_HEADER = 100 * 1024 * 1024
 
@@ -35,7 +48,9 @@ def check_safetensors(path: Path) -> None:
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, ValueError):
-            raise CheckpointError(f"{path} is corrupt: its header is not valid JSON: {hint}") from None
+            raise CheckpointError(
+                f"{path} is corrupt: its header is not valid JSON: {hint}"
+            ) from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} is corrupt: its header is not a JSON object: {hint}")
     end = 0

@@ -29,9 +29,17 @@ from modelkiln.exporter.safetensors_check import check_safetensors
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 PREPROCESSING_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-    "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
-    "added_tokens.json", "preprocessor_config.json", "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "added_tokens.json",
+    "preprocessor_config.json",
+    "config.json",
 )
 
 
@@ -205,7 +213,9 @@ def _safetensors_files(path: Path) -> list[Path]:
             raise CheckpointError(f"{index} is not a valid safetensors index") from None
         missing = [s for s in shards if not (path / s).is_file()]
         if missing:
-            raise CheckpointError(f"{path} is missing shard(s) {', '.join(missing)} named in {index.name}")
+            raise CheckpointError(
+                f"{path} is missing shard(s) {', '.join(missing)} named in {index.name}"
+            )
         return [path / s for s in shards]
     return sorted(path.glob("*.safetensors"))
 
@@ -268,7 +278,9 @@ def _load_factory(ref: str) -> FactorySource:
         try:
             module = importlib.import_module(target)
         except ImportError as exc:
-            raise CheckpointError(f"cannot import module '{target}' for factory {ref}: {exc}") from None
+            raise CheckpointError(
+                f"cannot import module '{target}' for factory {ref}: {exc}"
+            ) from None
     make = getattr(module, attr, None)
     if not callable(make):
         raise CheckpointError(f"{target} has no callable '{attr}' (from {ref})")
@@ -283,8 +295,10 @@ def _load_factory(ref: str) -> FactorySource:
     net, inputs, *rest = result
     if not isinstance(net, torch.nn.Module):
         raise CheckpointError(f"{ref} returned a {type(net).__name__}, not a torch.nn.Module")
-    if not isinstance(inputs, dict) or not inputs or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in inputs.items()
+    if (
+        not isinstance(inputs, dict)
+        or not inputs
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in inputs.items())
     ):
         raise CheckpointError(f"{ref} must return example inputs as a dict of name -> tensor")
     options = rest[0] if rest else {}

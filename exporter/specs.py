@@ -114,7 +114,9 @@ def for_hf(config: Mapping[str, Any], task: str | None, forward_args: set[str]) 
         return _text_spec(config, task, forward_args)
     if "image_size" in config or "pixel_values" in forward_args:
         return _image_spec(config, task)
-    raise UnknownTaskError(f"cannot tell the input modality of model type {config.get('model_type')}")
+    raise UnknownTaskError(
+        f"cannot tell the input modality of model type {config.get('model_type')}"
+    )
 
 
 def check_task(task: str | None) -> None:
@@ -131,7 +133,9 @@ def _text_spec(config: Mapping[str, Any], task: str, forward_args: set[str]) -> 
     auto_class, outputs = TEXT_TASKS[task]
     axes = ("batch", "sequence")
     vocab = int(config["vocab_size"])
-    inputs = [InputDecl("input_ids", "int64", axes, "token_ids", low=min(1000, vocab // 2), high=vocab)]
+    inputs = [
+        InputDecl("input_ids", "int64", axes, "token_ids", low=min(1000, vocab // 2), high=vocab)
+    ]
     if "attention_mask" in forward_args:
         inputs.append(InputDecl("attention_mask", "int64", axes, "mask"))
     if "token_type_ids" in forward_args and int(config.get("type_vocab_size", 0)) >= 2:
@@ -157,7 +161,9 @@ def _image_spec(config: Mapping[str, Any], task: str) -> TaskSpec:
     size = config.get("image_size", 224)
     height, width = (size, size) if isinstance(size, int) else (size[0], size[1])
     channels = int(config.get("num_channels", 3))
-    pixels = InputDecl("pixel_values", "float32", ("batch", channels, int(height), int(width)), "normal")
+    pixels = InputDecl(
+        "pixel_values", "float32", ("batch", channels, int(height), int(width)), "normal"
+    )
     return TaskSpec(
         task=task,
         inputs=(pixels,),
@@ -169,7 +175,9 @@ def _image_spec(config: Mapping[str, Any], task: str) -> TaskSpec:
     )
 
 
-def for_factory(example_inputs: Mapping[str, Any], options: Mapping[str, Any], n_outputs: int) -> TaskSpec:
+def for_factory(
+    example_inputs: Mapping[str, Any], options: Mapping[str, Any], n_outputs: int
+) -> TaskSpec:
     """Spec for a module factory: shapes and value ranges come from its example inputs."""
     dynamic = options.get("dynamic_axes") or {name: {0: "batch"} for name in example_inputs}
     inputs = []
@@ -189,8 +197,12 @@ def for_factory(example_inputs: Mapping[str, Any], options: Mapping[str, Any], n
         inputs.append(InputDecl(name, array.dtype.name, axes, fill, low, high))
     names = options.get("output_names") or [f"output_{i}" for i in range(n_outputs)]
     if len(names) != n_outputs:
-        raise UserInputError(f"output_names lists {len(names)} names but the module returns {n_outputs} outputs")
-    checks = tuple({**{d: v for d, v in trace_dims.items()}, **c} for c in ({"batch": 1}, {"batch": 3}))
+        raise UserInputError(
+            f"output_names lists {len(names)} names but the module returns {n_outputs} outputs"
+        )
+    checks = tuple(
+        {**{d: v for d, v in trace_dims.items()}, **c} for c in ({"batch": 1}, {"batch": 3})
+    )
     return TaskSpec(
         task="custom",
         inputs=tuple(inputs),
@@ -214,8 +226,11 @@ def for_onnx(model: Any) -> TaskSpec:
             else:
                 axes.append(str(dim.value) if dim.value else f"{value.name}_dim{i}")
                 dims.add(str(axes[-1]))
-        fill = "normal" if np.issubdtype(np.dtype(dtype), np.floating) else (
-            "bools" if dtype == "bool" else "ints")
+        fill = (
+            "normal"
+            if np.issubdtype(np.dtype(dtype), np.floating)
+            else ("bools" if dtype == "bool" else "ints")
+        )
         inputs.append(InputDecl(value.name, dtype, tuple(axes), fill))
     return TaskSpec(
         task="custom",
@@ -235,7 +250,9 @@ def make_inputs(spec: TaskSpec, dims: Mapping[str, int], seed: int = 0) -> dict[
         try:
             shape = tuple(a if isinstance(a, int) else int(dims[a]) for a in decl.axes)
         except KeyError as exc:
-            raise UserInputError(f"no size given for dimension {exc} of input '{decl.name}'") from None
+            raise UserInputError(
+                f"no size given for dimension {exc} of input '{decl.name}'"
+            ) from None
         if decl.fill == "token_ids":
             value = rng.integers(decl.low, decl.high, size=shape)
         elif decl.fill == "mask":

@@ -35,7 +35,7 @@ class OutputSelector:
                 self.model = model
 
             def forward(self, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
-                kwargs.update(zip(inputs, args))
+                kwargs.update(zip(inputs, args, strict=False))
                 result = self.model(**kwargs, return_dict=True)
                 return tuple(result[name] for name in outputs)
 
@@ -49,7 +49,9 @@ class OutputSelector:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """torch.onnx prints progress and registry warnings; the CLI has its own progress."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "torch.fx")]
+    loggers = [
+        logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "torch.fx")
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -58,7 +60,7 @@ def _quiet() -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
 

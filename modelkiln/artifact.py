@@ -120,12 +120,15 @@ def check_output_free(out: Path, force: bool) -> None:
 def staging(out: Path, force: bool = False) -> Iterator[Path]:
     """Yield an empty sibling folder of `out`; rename it to `out` only if the block succeeds.
 
-    On any error the staging folder is removed and `out` is left as it was, so a failed
-    export never leaves a half-written artifact behind.
+    On any error the staging folder (and any parent folder created for it) is removed and
+    `out` is left as it was, so a failed export never leaves a half-written artifact behind.
     """
     check_output_free(out, force)
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    os.chmod(stage, 0o755)  # mkdtemp makes it owner-only; the artifact is meant to be shared
+    done = False
     try:
         yield stage
         if out.exists():
@@ -135,6 +138,11 @@ def staging(out: Path, force: bool = False) -> Iterator[Path]:
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(stage, out)
+        done = True
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
+        if not done:
+            for folder in created:  # innermost first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()

@@ -63,28 +63,60 @@ def main(debug: bool) -> None:
 
 @main.command()
 @click.argument("checkpoint")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="Artifact folder to create (refused if it exists, unless --force).")
-@click.option("--task", default=None,
-              help="Task to export for; inferred from config.json architectures when omitted. "
-                   "One of: feature-extraction, text-classification, token-classification, "
-                   "image-classification.")
-@click.option("--target", default="cpu", show_default=True,
-              help="Built-in target name or path to a target .toml file.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Artifact folder to create (refused if it exists, unless --force).",
+)
+@click.option(
+    "--task",
+    default=None,
+    help="Task to export for; inferred from config.json architectures when omitted. "
+    "One of: feature-extraction, text-classification, token-classification, "
+    "image-classification.",
+)
+@click.option(
+    "--target",
+    default="cpu",
+    show_default=True,
+    help="Built-in target name or path to a target .toml file.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
-@click.option("--allow-pickle", is_flag=True,
-              help="Load .bin/.pt weights with torch.load(weights_only=True). Off by default: "
-                   "pickle files can run code.")
-@click.option("--no-validate", "no_validate", is_flag=True,
-              help="Skip comparing against the PyTorch reference (recorded in the manifest).")
-@click.option("--dump-passes", type=click.Path(path_type=Path), default=None,
-              help="Write the model after each graph pass into this folder.")
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Load .bin/.pt weights with torch.load(weights_only=True). Off by default: "
+    "pickle files can run code.",
+)
+@click.option(
+    "--no-validate",
+    "no_validate",
+    is_flag=True,
+    help="Skip comparing against the PyTorch reference (recorded in the manifest).",
+)
+@click.option(
+    "--dump-passes",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the model after each graph pass into this folder.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @handle_errors
-def export(checkpoint: str, output: Path, task: str | None, target: str, force: bool,
-           allow_pickle: bool, no_validate: bool, dump_passes: Path | None, as_json: bool,
-           quiet: bool) -> None:
+def export(
+    checkpoint: str,
+    output: Path,
+    task: str | None,
+    target: str,
+    force: bool,
+    allow_pickle: bool,
+    no_validate: bool,
+    dump_passes: Path | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Export CHECKPOINT to a validated artifact.
 
     CHECKPOINT is a Hugging Face checkpoint folder (config.json + safetensors), an .onnx
@@ -99,13 +131,22 @@ def export(checkpoint: str, output: Path, task: str | None, target: str, force: 
 
     progress = Progress(quiet=quiet or as_json, console=err)
     try:
-        result = run_export(checkpoint, output, task=task, target=target, force=force,
-                            allow_pickle=allow_pickle, validate=not no_validate,
-                            dump_passes=dump_passes, progress=progress)
+        result = run_export(
+            checkpoint,
+            output,
+            task=task,
+            target=target,
+            force=force,
+            allow_pickle=allow_pickle,
+            validate=not no_validate,
+            dump_passes=dump_passes,
+            progress=progress,
+        )
     except ValidationError as exc:
         if as_json:
-            click.echo(json.dumps({"passed": False, "error": str(exc), "validation": exc.report},
-                                  indent=2))
+            click.echo(
+                json.dumps({"passed": False, "error": str(exc), "validation": exc.report}, indent=2)
+            )
         raise
     summary = {
         "artifact": str(result.path),
@@ -125,8 +166,11 @@ def export(checkpoint: str, output: Path, task: str | None, target: str, force: 
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_row("artifact", f"{result.path}  ({_human_size(result.size_bytes)})")
     table.add_row("task", f"{summary['task']} on {summary['target']} ({summary['backend']})")
-    table.add_row("time", "  ".join(f"{k} {v:.1f}s" for k, v in result.times.items())
-                  + f"  total {sum(result.times.values()):.1f}s")
+    table.add_row(
+        "time",
+        "  ".join(f"{k} {v:.1f}s" for k, v in result.times.items())
+        + f"  total {sum(result.times.values()):.1f}s",
+    )
     table.add_row("validation", summary["validation"])
     err.print(table)
 
@@ -134,8 +178,12 @@ def export(checkpoint: str, output: Path, task: str | None, target: str, force: 
 def _validation_line(report: dict[str, Any]) -> str:
     if report.get("skipped"):
         return f"skipped ({report.get('reason')})"
-    cosines = [r["cosine_min"] for c in report["checks"] for r in c["outputs"].values()
-               if "cosine_min" in r]
+    cosines = [
+        r["cosine_min"]
+        for c in report["checks"]
+        for r in c["outputs"].values()
+        if "cosine_min" in r
+    ]
     text = f"passed on {len(report['checks'])} shapes, max abs diff {report['max_abs_diff']:.2e}"
     if cosines:
         text += f", min cosine {min(cosines):.6f}"
@@ -144,15 +192,23 @@ def _validation_line(report: dict[str, Any]) -> str:
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--reference", default=None,
-              help="Checkpoint to re-run in PyTorch on fresh inputs of new shapes.")
+@click.option(
+    "--reference",
+    default=None,
+    help="Checkpoint to re-run in PyTorch on fresh inputs of new shapes.",
+)
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in --reference.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON on stdout.")
-@click.option("--junit", type=click.Path(path_type=Path), default=None,
-              help="Also write the checks as JUnit XML for CI.")
+@click.option(
+    "--junit",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the checks as JUnit XML for CI.",
+)
 @handle_errors
-def validate(artifact: Path, reference: str | None, allow_pickle: bool, as_json: bool,
-             junit: Path | None) -> None:
+def validate(
+    artifact: Path, reference: str | None, allow_pickle: bool, as_json: bool, junit: Path | None
+) -> None:
     """Re-check ARTIFACT: file hashes, golden outputs replayed through the runtime, and
     optionally a fresh PyTorch run. Exit code 0 when every check passes, 1 otherwise."""
     from modelkiln.verify import verify_artifact
@@ -197,8 +253,10 @@ def inspect(path: Path, as_json: bool) -> None:
         return
     out.print(f"[bold]{info['path']}[/]  {info['kind']}, {_human_size(info['size_bytes'])}")
     if info["kind"] == "artifact":
-        out.print(f"task {info['task']}, target {info['target']} ({info['backend']}, "
-                  f"{info['precision']}), source {info['source']}")
+        out.print(
+            f"task {info['task']}, target {info['target']} ({info['backend']}, "
+            f"{info['precision']}), source {info['source']}"
+        )
     for title in ("inputs", "outputs"):
         out.print(f"{title}:")
         for name, spec in info[title].items():
@@ -206,14 +264,18 @@ def inspect(path: Path, as_json: bool) -> None:
             out.print(f"  {name}: {spec['dtype']}[{dims}]", markup=False)
     graph = info.get("graph")
     if graph:
-        out.print(f"graph: {graph['nodes']} nodes, {graph['parameters']:,} parameters, opset "
-                  + ", ".join(f"{k} {v}" for k, v in graph["opset"].items()))
+        out.print(
+            f"graph: {graph['nodes']} nodes, {graph['parameters']:,} parameters, opset "
+            + ", ".join(f"{k} {v}" for k, v in graph["opset"].items())
+        )
         out.print("ops: " + ", ".join(f"{op} {n}" for op, n in graph["ops"].items()))
     if info.get("passes"):
         out.print("passes:")
         for p in info["passes"]:
-            out.print(f"  {p['name']}: {p['nodes_before']} -> {p['nodes_after']} nodes, "
-                      f"{p['seconds'] * 1000:.0f} ms")
+            out.print(
+                f"  {p['name']}: {p['nodes_before']} -> {p['nodes_after']} nodes, "
+                f"{p['seconds'] * 1000:.0f} ms"
+            )
     if "validation" in info:
         out.print(f"validation: {info['validation']}", markup=False)
 

@@ -46,7 +46,11 @@ def compare_outputs(
             results[name] = {"mismatches": mismatches, "passed": mismatches == 0}
             continue
         finite = bool(np.isfinite(got).all() == np.isfinite(ref).all())
-        diff = float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64)))) if ref.size else 0.0
+        diff = (
+            float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64))))
+            if ref.size
+            else 0.0
+        )
         entry: dict[str, Any] = {"max_abs_diff": diff, "atol": atol}
         passed = finite and diff <= atol
         if min_cos is not None and ref.ndim >= 2:

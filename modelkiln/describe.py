@@ -41,12 +41,19 @@ def describe(path: str | Path) -> dict[str, Any]:
         return info
     if path.suffix == ".onnx" and path.is_file():
         stats = _graph_stats(path)
-        return {"kind": "onnx", "path": str(path), "inputs": stats.pop("inputs"),
-                "outputs": stats.pop("outputs"), "graph": stats,
-                "size_bytes": path.stat().st_size}
+        return {
+            "kind": "onnx",
+            "path": str(path),
+            "inputs": stats.pop("inputs"),
+            "outputs": stats.pop("outputs"),
+            "graph": stats,
+            "size_bytes": path.stat().st_size,
+        }
     if not path.exists():
         raise ArtifactError(f"{path} does not exist")
-    raise ArtifactError(f"{path} is neither a modelkiln artifact (folder with {MANIFEST}) nor an .onnx file")
+    raise ArtifactError(
+        f"{path} is neither a modelkiln artifact (folder with {MANIFEST}) nor an .onnx file"
+    )
 
 
 def _validation_summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -67,7 +74,11 @@ def _graph_stats(path: Path) -> dict[str, Any]:
     while graphs:
         g = graphs.pop()
         for node in g.node:
-            ops[f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type] += 1
+            ops[
+                f"{node.domain}::{node.op_type}"
+                if node.domain not in ("", "ai.onnx")
+                else node.op_type
+            ] += 1
             for attr in node.attribute:
                 if attr.HasField("g"):
                     graphs.append(attr.g)
@@ -88,6 +99,8 @@ def _value_info(value: Any) -> dict[str, Any]:
     import onnx
 
     tensor = value.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
+    dims = [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim
+    ]
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
     return {"dtype": dtype, "shape": dims}

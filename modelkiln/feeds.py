@@ -28,7 +28,9 @@ def check_feeds(specs: Mapping[str, TensorSpec], feeds: Mapping[str, Any]) -> di
     for name, spec in specs.items():
         value = feeds[name]
         if not isinstance(value, np.ndarray):
-            raise FeedError(f"input '{name}' is a {type(value).__name__}; pass a numpy array {spec}")
+            raise FeedError(
+                f"input '{name}' is a {type(value).__name__}; pass a numpy array {spec}"
+            )
         if value.dtype != np.dtype(spec.dtype):
             raise FeedError(
                 f"input '{name}' has dtype {value.dtype}; the model expects {spec.dtype} "
@@ -39,7 +41,7 @@ def check_feeds(specs: Mapping[str, TensorSpec], feeds: Mapping[str, Any]) -> di
                 f"input '{name}' has rank {value.ndim} (shape {list(value.shape)}); "
                 f"the model expects rank {len(spec.shape)}: {spec}"
             )
-        for axis, (dim, size) in enumerate(zip(spec.shape, value.shape)):
+        for axis, (dim, size) in enumerate(zip(spec.shape, value.shape, strict=True)):
             if isinstance(dim, int):
                 if dim != size:
                     raise FeedError(

@@ -20,8 +20,12 @@ def write_junit(report: dict[str, Any], path: Path) -> None:
         else:
             problems = check.get("problems") or []
             cases.append((name, None if check["passed"] else "; ".join(problems) or "failed"))
-    suite = ET.Element("testsuite", name=f"kiln validate {report['artifact']}",
-                       tests=str(len(cases)), failures=str(sum(f is not None for _, f in cases)))
+    suite = ET.Element(
+        "testsuite",
+        name=f"kiln validate {report['artifact']}",
+        tests=str(len(cases)),
+        failures=str(sum(f is not None for _, f in cases)),
+    )
     for name, failure in cases:
         case = ET.SubElement(suite, "testcase", classname="modelkiln.validate", name=name)
         if failure is not None:

@@ -13,8 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelkiln.artifact import GOLDEN, SCHEMA_VERSION, Artifact, check_output_free, file_entries
-from modelkiln.artifact import staging, write_manifest
+from modelkiln.artifact import (
+    GOLDEN,
+    SCHEMA_VERSION,
+    Artifact,
+    check_output_free,
+    file_entries,
+    staging,
+    write_manifest,
+)
 from modelkiln.backends import get_backend
 from modelkiln.errors import ValidationError
 from modelkiln.golden import save_golden
@@ -78,7 +85,7 @@ def export(
         manifest: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "name": out.name,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "task": spec.task,
             "source": source.describe(),
             "target": tgt.to_json(),
@@ -98,7 +105,9 @@ def export(
             with progress.stage("validate", "validating against the reference"):
                 session = backend.load(Artifact(stage, manifest))
                 report, samples = run_validation(prepared.reference, session.run, spec)
-            report["reference"] = "pytorch" if source.kind != "onnx" else "onnx source (onnxruntime)"
+            report["reference"] = (
+                "pytorch" if source.kind != "onnx" else "onnx source (onnxruntime)"
+            )
             if not report["passed"]:
                 raise ValidationError(
                     f"{len(report['failures'])} output check(s) differ from the reference: "
@@ -121,8 +130,11 @@ def reference_for(checkpoint: str, task: str | None, allow_pickle: bool = False)
     return spec, reference
 
 
-def _load_source(checkpoint: str, task: str | None, allow_pickle: bool) -> tuple[Any, Any, Any, Any]:
-    """(source, spec, torch module or None for ONNX sources, reference runner)."""
+def _load_source(
+    checkpoint: str, task: str | None, allow_pickle: bool
+) -> tuple[Any, Any, Any, Any]:
+    """(source, spec, model, reference runner): model is a torch module to trace, or the
+    already-loaded `onnx_ir.Model` of an ONNX source."""
     from modelkiln.exporter import sources, specs
     from modelkiln.exporter.reference import onnx_runner, torch_runner
 
@@ -130,8 +142,8 @@ def _load_source(checkpoint: str, task: str | None, allow_pickle: bool) -> tuple
     if isinstance(source, sources.OnnxSource):
         import onnx_ir as ir
 
-        spec = specs.for_onnx(ir.load(source.path))
-        return source, spec, None, onnx_runner(source.path)
+        model = ir.load(source.path)
+        return source, specs.for_onnx(model), model, onnx_runner(source.path)
     if isinstance(source, sources.FactorySource):
         module = source.load_module()
         n_outputs = _count_outputs(module, source.example_inputs)
@@ -146,23 +158,23 @@ def _load_source(checkpoint: str, task: str | None, allow_pickle: bool) -> tuple
 
 
 def _prepare(
-    checkpoint: str, task: str | None, allow_pickle: bool, dump_passes: str | Path | None,
+    checkpoint: str,
+    task: str | None,
+    allow_pickle: bool,
+    dump_passes: str | Path | None,
     progress: Progress,
 ) -> Prepared:
     from modelkiln.exporter.passes import simplify
+    from modelkiln.exporter.sources import OnnxSource
 
     with progress.stage("load", "loading checkpoint"):
-        source, spec, module, reference = _load_source(checkpoint, task, allow_pickle)
-    if module is None:
-        import onnx_ir as ir
-
-        model = ir.load(source.path)
-    else:
+        source, spec, model, reference = _load_source(checkpoint, task, allow_pickle)
+    if not isinstance(source, OnnxSource):
         from modelkiln.exporter.specs import make_inputs
         from modelkiln.exporter.trace import trace
 
         with progress.stage("trace", "tracing to ONNX (torch.export, dynamo)"):
-            model = trace(module, spec, make_inputs(spec, spec.trace_dims), source.model_type)
+            model = trace(model, spec, make_inputs(spec, spec.trace_dims), source.model_type)
     dump_dir = Path(dump_passes) if dump_passes else None
     with progress.stage("passes", "simplifying the graph"):
         model, log = simplify(model, dump_dir)

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 from rich.console import Console
 
+from modelkiln.errors import UserInputError
+
 
 class Progress:
     def __init__(self, quiet: bool = False, console: Console | None = None) -> None:
@@ -23,8 +25,8 @@ class Progress:
         try:
             with status:
                 yield
-        except BaseException:
-            if not self.quiet:
+        except BaseException as exc:
+            if not self.quiet and not isinstance(exc, UserInputError):
                 self.console.print(f"[red]✗[/] {label} [dim]{time.perf_counter() - start:.1f}s[/]")
             raise
         finally:

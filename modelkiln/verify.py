@@ -1,4 +1,4 @@
-"""`kiln validate`: file integrity, golden replay through the runtime, optional fresh reference run."""
+"""`kiln validate`: file hashes, golden replay through the runtime, fresh reference run."""
 
 from __future__ import annotations
 
@@ -13,15 +13,19 @@ from modelkiln.golden import load_golden
 FRESH_DIMS = ({"batch": 2, "sequence": 23}, {"batch": 4, "sequence": 61})
 
 
-def verify_artifact(path: str | Path, reference: str | None = None,
-                    allow_pickle: bool = False) -> dict[str, Any]:
+def verify_artifact(
+    path: str | Path, reference: str | None = None, allow_pickle: bool = False
+) -> dict[str, Any]:
     """Run every check and return a report; `passed` is False if any check failed."""
     artifact = Artifact.open(path)
     report: dict[str, Any] = {"artifact": str(artifact.path), "checks": {}}
     checks = report["checks"]
     problems = verify_files(artifact.path, artifact.manifest.get("files", {}))
-    checks["files"] = {"passed": not problems, "problems": problems,
-                       "count": len(artifact.manifest.get("files", {}))}
+    checks["files"] = {
+        "passed": not problems,
+        "problems": problems,
+        "count": len(artifact.manifest.get("files", {})),
+    }
     if problems:
         report["passed"] = False
         return report  # a tampered artifact is not loaded
@@ -41,18 +45,27 @@ def verify_artifact(path: str | Path, reference: str | None = None,
         results = []
         for inputs, expected in load_golden(golden):
             dims = {n: list(v.shape) for n, v in inputs.items()}
-            results.append({"dims": {"shapes": dims},
-                            "outputs": compare_outputs(expected, session.run(inputs), tolerance)})
+            results.append(
+                {
+                    "dims": {"shapes": dims},
+                    "outputs": compare_outputs(expected, session.run(inputs), tolerance),
+                }
+            )
         checks["golden"] = summarize(results, tolerance)
     else:
-        checks["golden"] = {"passed": True, "skipped": "artifact has no golden.npz (exported with --no-validate)"}
+        checks["golden"] = {
+            "passed": True,
+            "skipped": "artifact has no golden.npz (exported with --no-validate)",
+        }
     if reference is not None:
         checks["reference"] = _fresh_reference(artifact, session, reference, allow_pickle)
     report["passed"] = all(c["passed"] for c in checks.values())
     return report
 
 
-def _fresh_reference(artifact: Artifact, session: Any, checkpoint: str, allow_pickle: bool) -> dict[str, Any]:
+def _fresh_reference(
+    artifact: Artifact, session: Any, checkpoint: str, allow_pickle: bool
+) -> dict[str, Any]:
     """Re-run the PyTorch model on new inputs of shapes the export never checked."""
     from modelkiln.pipeline import reference_for
 
@@ -60,7 +73,9 @@ def _fresh_reference(artifact: Artifact, session: Any, checkpoint: str, allow_pi
     from modelkiln.exporter.reference import validate
 
     named = {d for decl in spec.inputs for d in decl.axes if isinstance(d, str)}
-    dims_list = [{d: v for d, v in dims.items() if d in named} | {d: 2 for d in named - set(dims)}
-                 for dims in FRESH_DIMS]
+    dims_list = [
+        {d: v for d, v in dims.items() if d in named} | {d: 2 for d in named - set(dims)}
+        for dims in FRESH_DIMS
+    ]
     report, _ = validate(runner, session.run, spec, dims_list, seed=1000)
     return report

@@ -47,8 +47,11 @@ class Target:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in files("modelkiln.targets").joinpath("presets").iterdir()
-                  if p.name.endswith(".toml"))
+    return sorted(
+        p.name[:-5]
+        for p in files("modelkiln.targets").joinpath("presets").iterdir()
+        if p.name.endswith(".toml")
+    )
 
 
 def load_target(name_or_path: str) -> Target:
