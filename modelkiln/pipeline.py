@@ -47,6 +47,7 @@ class Prepared:
     """Everything the trace produced that the build and validation need."""
 
     source: Any
+    source_info: dict[str, Any]
     spec: Any
     model: Any
     reference: Any
@@ -87,7 +88,7 @@ def export(
             "name": out.name,
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "task": spec.task,
-            "source": source.describe(),
+            "source": prepared.source_info,
             "target": tgt.to_json(),
             "backend": backend_section,
             "precision": tgt.precision,
@@ -114,13 +115,15 @@ def export(
                     + "; ".join(report["failures"]),
                     report,
                 )
-            save_golden(stage / GOLDEN, samples)
         else:
-            report = {"skipped": True, "reason": "--no-validate"}
-        manifest["validation"] = report
-        manifest["timings"] = {k: round(v, 3) for k, v in progress.times.items()}
-        manifest["files"] = file_entries(stage)
-        write_manifest(stage, manifest)
+            report, samples = {"skipped": True, "reason": "--no-validate"}, []
+        with progress.stage("finalize", "writing golden samples and manifest"):
+            if samples:
+                save_golden(stage / GOLDEN, samples)
+            manifest["validation"] = report
+            manifest["timings"] = {k: round(v, 3) for k, v in progress.times.items()}
+            manifest["files"] = file_entries(stage)
+            write_manifest(stage, manifest)
     return ExportResult(out, manifest, dict(progress.times))
 
 
@@ -169,6 +172,7 @@ def _prepare(
 
     with progress.stage("load", "loading checkpoint"):
         source, spec, model, reference = _load_source(checkpoint, task, allow_pickle)
+        source_info = source.describe()  # hashes the weights
     if not isinstance(source, OnnxSource):
         from modelkiln.exporter.specs import make_inputs
         from modelkiln.exporter.trace import trace
@@ -178,7 +182,7 @@ def _prepare(
     dump_dir = Path(dump_passes) if dump_passes else None
     with progress.stage("passes", "simplifying the graph"):
         model, log = simplify(model, dump_dir)
-    return Prepared(source, spec, model, reference, log)
+    return Prepared(source, source_info, spec, model, reference, log)
 
 
 def _count_outputs(module: Any, example_inputs: dict[str, Any]) -> int:
