@@ -1,0 +1,240 @@
+"""Wall time of `kiln export` for the MiniLM checkpoint, split by pipeline stage.
+
+Runs the real CLI in a subprocess `--runs` times, each with `--json` into a fresh temporary
+folder. Stage times come from the JSON summary (`times`); the wall time is measured around
+the subprocess, so it also counts interpreter start-up and importing torch. Writes
+benchmarks/results/export_time.json and prints a markdown table.
+
+    .venv/bin/python benchmarks/export_time.py [--runs 3] [--checkpoint DIR] [--output FILE]
+
+If optimum is installed (it is not a dependency), `optimum-cli export onnx` is timed on the
+same checkpoint for comparison; it is never installed by this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "export_time.json"
+FIELDS = {
+    "stages": "seconds per pipeline stage, from the `times` of `kiln export --json`",
+    "stages_total": "sum of the stages",
+    "wall": "wall time of the whole `kiln export` subprocess",
+    "outside_stages": "wall - stages_total: interpreter start-up, importing the CLI, "
+    "onnxruntime and onnx_ir, target/backend checks, moving the artifact into place",
+    "import_torch_transformers": "`import torch, transformers` in a separate fresh "
+    "interpreter, minus bare start-up; this cost is inside the `load` stage",
+}
+PACKAGES = ("modelkiln", "torch", "transformers", "onnx", "onnx-ir", "onnxscript", "onnxruntime")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def git_revision() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {name: package_version(name) for name in PACKAGES},
+    }
+
+
+def default_checkpoint() -> str:
+    script = ROOT / "samples" / "minilm" / "checkpoint.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def find_tool(name: str) -> str | None:
+    """A console script of this interpreter's environment first, then anything on PATH."""
+    return shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+
+
+def timed(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    return time.perf_counter() - start, done
+
+
+def run_kiln(kiln: str, checkpoint: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
+        cmd = [kiln, "export", checkpoint, "-o", str(Path(tmp) / "minilm-cpu"), "--json"]
+        wall, done = timed(cmd)
+    if done.returncode != 0:
+        raise SystemExit(
+            f"kiln export failed with exit code {done.returncode}:\n{done.stderr.strip()}"
+        )
+    summary = json.loads(done.stdout)
+    stages = {k: float(v) for k, v in summary["times"].items()}
+    return {
+        "stages": stages,
+        "stages_total": round(sum(stages.values()), 3),
+        "wall": round(wall, 3),
+        "outside_stages": round(wall - sum(stages.values()), 3),
+        "size_bytes": summary["size_bytes"],
+        "validation": summary["validation"],
+    }
+
+
+def import_time() -> float:
+    """Seconds to import torch and transformers in a fresh interpreter, minus bare start-up."""
+    bare, _ = timed([sys.executable, "-c", "pass"])
+    full, done = timed([sys.executable, "-c", "import torch, transformers"])
+    if done.returncode != 0:
+        raise SystemExit(f"importing torch and transformers failed:\n{done.stderr.strip()}")
+    return round(full - bare, 3)
+
+
+def run_optimum(optimum_cli: str, checkpoint: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="optimum-bench-") as tmp:
+        cmd = [optimum_cli, "export", "onnx", "--model", checkpoint]
+        cmd += ["--task", "feature-extraction", tmp]
+        wall, done = timed(cmd)
+    if done.returncode != 0:
+        return {"wall": round(wall, 3), "error": done.stderr.strip().splitlines()[-1:]}
+    return {"wall": round(wall, 3)}
+
+
+def median_of(runs: list[dict[str, Any]], stages: list[str]) -> dict[str, Any]:
+    return {
+        "stages": {
+            s: round(statistics.median(r["stages"].get(s, 0.0) for r in runs), 3) for s in stages
+        },
+        **{
+            k: round(statistics.median(r[k] for r in runs), 3)
+            for k in ("stages_total", "outside_stages", "wall", "import_torch_transformers")
+        },
+    }
+
+
+def markdown_table(runs: list[dict[str, Any]], median: dict[str, Any], stages: list[str]) -> str:
+    head = ["run", *stages, "stages total", "outside stages", "wall", "import torch+transformers"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def row(label: str, r: dict[str, Any]) -> str:
+        cells = [f"{r['stages'].get(s, 0.0):.1f}" for s in stages]
+        cells += [f"{r[k]:.1f}" for k in ("stages_total", "outside_stages", "wall")]
+        cells.append(f"({r['import_torch_transformers']:.1f})")
+        return "| " + " | ".join([label, *cells]) + " |"
+
+    lines += [row(str(i), r) for i, r in enumerate(runs, start=1)]
+    lines.append(row("**median**", median))
+    return "\n".join(lines) + "\n\nSeconds."
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="number of exports (default 3)")
+    parser.add_argument("--checkpoint", help="checkpoint folder (default: the MiniLM sample)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results JSON")
+    args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+
+    kiln = find_tool("kiln")
+    if kiln is None:
+        raise SystemExit("kiln is not installed in this environment (pip install -e '.[export]')")
+    checkpoint = args.checkpoint or default_checkpoint()
+
+    runs = []
+    for i in range(1, args.runs + 1):
+        print(f"kiln export run {i}/{args.runs}…", file=sys.stderr, flush=True)
+        runs.append(run_kiln(kiln, checkpoint))
+        runs[-1]["import_torch_transformers"] = import_time()
+        print(f"  {runs[-1]['wall']:.1f}s", file=sys.stderr, flush=True)
+    stages = list(dict.fromkeys(s for r in runs for s in r["stages"]))
+    median = median_of(runs, stages)
+
+    optimum = None
+    optimum_cli = find_tool("optimum-cli")
+    if importlib.util.find_spec("optimum") and optimum_cli:
+        optimum_runs = []
+        for i in range(1, args.runs + 1):
+            print(f"optimum-cli export onnx run {i}/{args.runs}…", file=sys.stderr, flush=True)
+            optimum_runs.append(run_optimum(optimum_cli, checkpoint))
+        walls = [r["wall"] for r in optimum_runs if "error" not in r]
+        optimum = {
+            "version": package_version("optimum"),
+            "runs": optimum_runs,
+            "median_wall": round(statistics.median(walls), 3) if walls else None,
+        }
+
+    results = {
+        "benchmark": "kiln export wall time by stage",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "checkpoint": Path(checkpoint).name if args.checkpoint else "all-MiniLM-L6-v2",
+        "command": "kiln export CHECKPOINT -o TMP/minilm-cpu --json",
+        "machine": machine_info(),
+        "git": git_revision(),
+        "fields": FIELDS,
+        "runs": runs,
+        "median": median,
+        "optimum": optimum if optimum else "not installed; not measured",
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.output.with_name(args.output.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(args.output)
+
+    m = results["machine"]
+    print(
+        f"kiln export, {results['checkpoint']}, {args.runs} run(s) on {m['cpu_model']} "
+        f"({m['usable_cores']} cores), Python {m['python']}, torch {m['versions']['torch']}, "
+        f"onnxruntime {m['versions']['onnxruntime']}\n"
+    )
+    print(markdown_table(runs, median, stages))
+    if optimum:
+        print(
+            f"\noptimum-cli export onnx (optimum {optimum['version']}): "
+            f"median wall {optimum['median_wall']}s"
+        )
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
