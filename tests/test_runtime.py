@@ -1,0 +1,178 @@
+"""The runtime facade: `modelkiln.load(artifact).run(feeds)`, light and strict about feeds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import Exported, copy_artifact
+
+import modelkiln
+import models
+from modelkiln import FeedError, TensorSpec, UserInputError
+
+LIGHT_SCRIPT = """
+import json
+import sys
+import numpy as np
+import modelkiln
+
+session = modelkiln.load(sys.argv[1])
+feeds = {
+    name: np.ones((2, 5), dtype=np.int64) for name in session.inputs
+}
+out = session.run(feeds)
+heavy = sorted(m for m in ("torch", "transformers", "onnxscript") if m in sys.modules)
+print(json.dumps({"heavy": heavy, "shape": list(out["last_hidden_state"].shape)}))
+"""
+
+
+def test_runtime_does_not_import_torch_or_transformers(tiny_bert_artifact: Exported) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", LIGHT_SCRIPT, str(tiny_bert_artifact.path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["shape"] == [2, 5, models.HIDDEN]
+    assert "torch" not in report["heavy"]
+    assert "transformers" not in report["heavy"]
+
+
+def test_session_describes_its_inputs_and_outputs(tiny_bert_artifact: Exported) -> None:
+    session = modelkiln.load(tiny_bert_artifact.path)
+    assert isinstance(session, modelkiln.Session)
+    assert session.inputs == {
+        name: TensorSpec("int64", ("batch", "sequence"))
+        for name in ("input_ids", "attention_mask", "token_type_ids")
+    }
+    assert session.outputs == {
+        "last_hidden_state": TensorSpec("float32", ("batch", "sequence", models.HIDDEN))
+    }
+
+
+def test_run_returns_named_numpy_arrays(tiny_bert_artifact: Exported) -> None:
+    session = modelkiln.load(tiny_bert_artifact.path, threads=1)
+    out = session.run(models.text_feeds(list(session.inputs), 3, 7))
+    assert list(out) == ["last_hidden_state"]
+    assert isinstance(out["last_hidden_state"], np.ndarray)
+    assert out["last_hidden_state"].dtype == np.float32
+    assert out["last_hidden_state"].shape == (3, 7, models.HIDDEN)
+
+
+def test_run_is_deterministic(tiny_bert_artifact: Exported) -> None:
+    session = modelkiln.load(tiny_bert_artifact.path)
+    feeds = models.text_feeds(list(session.inputs), 2, 9)
+    first = session.run(feeds)["last_hidden_state"]
+    second = session.run(feeds)["last_hidden_state"]
+    np.testing.assert_array_equal(first, second)
+
+
+def test_load_rejects_a_folder_that_is_not_an_artifact(tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match="kiln.json"):
+        modelkiln.load(tmp_path)
+    with pytest.raises(UserInputError, match="does not exist"):
+        modelkiln.load(tmp_path / "missing")
+
+
+def test_load_rejects_another_schema_version(tiny_bert_artifact: Exported, tmp_path: Path) -> None:
+    copy = copy_artifact(tiny_bert_artifact.path, tmp_path / "a")
+    manifest = json.loads((copy / "kiln.json").read_text())
+    manifest["schema_version"] = 99
+    (copy / "kiln.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserInputError, match="schema version"):
+        modelkiln.load(copy)
+
+
+# --------------------------------------------------------------------------- feed checks
+
+
+def good_feeds(batch: int = 2, sequence: int = 6) -> dict[str, np.ndarray]:
+    return models.text_feeds(["input_ids", "attention_mask", "token_type_ids"], batch, sequence)
+
+
+def _missing():
+    feeds = good_feeds()
+    del feeds["attention_mask"]
+    return feeds, "attention_mask"
+
+
+def _unknown():
+    feeds = good_feeds()
+    feeds["position_ids"] = np.zeros((2, 6), dtype=np.int64)
+    return feeds, "position_ids"
+
+
+def _wrong_dtype():
+    feeds = good_feeds()
+    feeds["input_ids"] = feeds["input_ids"].astype(np.int32)
+    return feeds, "input_ids"
+
+
+def _wrong_rank():
+    feeds = good_feeds()
+    feeds["token_type_ids"] = feeds["token_type_ids"][0]
+    return feeds, "token_type_ids"
+
+
+def _named_dim_disagrees():
+    feeds = good_feeds()
+    feeds["attention_mask"] = np.ones((2, 7), dtype=np.int64)  # sequence 7 vs 6
+    return feeds, "attention_mask"
+
+
+def _not_an_array():
+    feeds = good_feeds()
+    feeds["input_ids"] = feeds["input_ids"].tolist()
+    return feeds, "input_ids"
+
+
+FEED_MISTAKES = {
+    "missing input": _missing,
+    "unknown input": _unknown,
+    "wrong dtype": _wrong_dtype,
+    "wrong rank": _wrong_rank,
+    "named dim disagrees across inputs": _named_dim_disagrees,
+    "not an array": _not_an_array,
+}
+
+
+@pytest.mark.parametrize("mistake", list(FEED_MISTAKES))
+def test_feed_mistakes_raise_feed_error_naming_the_input(
+    tiny_bert_artifact: Exported, mistake: str
+) -> None:
+    session = modelkiln.load(tiny_bert_artifact.path)
+    feeds, culprit = FEED_MISTAKES[mistake]()
+    with pytest.raises(FeedError) as info:
+        session.run(feeds)
+    assert culprit in str(info.value)
+    assert isinstance(info.value, UserInputError)
+    assert info.value.exit_code == 2
+
+
+def test_feed_error_on_wrong_fixed_dim(mlp_artifact: Exported) -> None:
+    session = modelkiln.load(mlp_artifact.path)
+    assert session.inputs["x"].shape == ("batch", models.MLP_IN)
+    x = np.zeros((3, models.MLP_IN + 1), dtype=np.float32)
+    with pytest.raises(FeedError) as info:
+        session.run({"x": x})
+    message = str(info.value)
+    assert "'x'" in message or "x:" in message
+    assert str(models.MLP_IN) in message
+
+
+def test_feed_error_for_wrong_dtype_names_the_expected_dtype(mlp_artifact: Exported) -> None:
+    session = modelkiln.load(mlp_artifact.path)
+    with pytest.raises(FeedError, match="float32"):
+        session.run({"x": np.zeros((2, models.MLP_IN), dtype=np.float64)})
+
+
+def test_good_feeds_of_any_batch_run(mlp_artifact: Exported) -> None:
+    session = modelkiln.load(mlp_artifact.path)
+    for batch in (1, 2, 17):
+        out = session.run({"x": np.zeros((batch, models.MLP_IN), dtype=np.float32)})
+        assert out["y"].shape == (batch, models.MLP_OUT)
