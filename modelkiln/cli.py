@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from modelkiln.errors import ModelkilnError, ValidationError
@@ -39,10 +40,12 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except ModelkilnError as exc:
             if ctx.find_root().params.get("debug"):
                 raise
-            err.print(f"[red]error:[/] {exc}", soft_wrap=True)
             if isinstance(exc, ValidationError) and exc.report.get("failures"):
+                err.print(f"[red]error:[/] {escape(exc.headline)}", soft_wrap=True)
                 for failure in exc.report["failures"]:
-                    err.print(f"  ✗ {failure}", soft_wrap=True)
+                    err.print(f"  ✗ {failure}", soft_wrap=True, markup=False)
+            else:
+                err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
             ctx.exit(exc.exit_code)
 
     return wrapper

@@ -61,8 +61,14 @@ class BuildError(ModelkilnError):
 
 
 class ValidationError(ModelkilnError):
-    """Outputs differ from the reference; `report` holds every comparison made."""
+    """Outputs differ from the reference; `report` holds every comparison made.
 
-    def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
+    `headline` is the message without the list of failures, for displays that list them
+    one per line.
+    """
+
+    def __init__(self, headline: str, report: dict[str, Any] | None = None) -> None:
+        self.headline = headline
         self.report = report or {}
+        failures = self.report.get("failures") or []
+        super().__init__(f"{headline}: {'; '.join(failures)}" if failures else headline)

@@ -111,8 +111,8 @@ def export(
             )
             if not report["passed"]:
                 raise ValidationError(
-                    f"{len(report['failures'])} output check(s) differ from the reference: "
-                    + "; ".join(report["failures"]),
+                    f"{len(report['failures'])} output check(s) differ from the reference "
+                    f"({report['reference']}); nothing was written",
                     report,
                 )
         else:
