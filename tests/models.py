@@ -187,6 +187,34 @@ def check_tiny_bert_classifier(
     return diff
 
 
+TOKEN_LABELS = 5
+
+
+def build_tiny_bert_tagger(folder: Path) -> Path:
+    """2-layer BertForTokenClassification with 5 labels (task inferred from architectures)."""
+    import torch
+    from transformers import BertForTokenClassification
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(6)
+    model = BertForTokenClassification(bert_config(num_labels=TOKEN_LABELS)).eval()
+    model.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def check_tiny_bert_tagger(folder: Path, session: Any, batch: int = 2, sequence: int = 13) -> float:
+    from transformers import BertForTokenClassification
+
+    feeds = text_feeds(list(session.inputs), batch, sequence, seed=12)
+    got = session.run(feeds)["logits"]
+    assert got.shape == (batch, sequence, TOKEN_LABELS)
+    model = BertForTokenClassification.from_pretrained(str(folder)).eval()
+    want = _torch_outputs(model, feeds).logits.numpy()
+    diff = max_abs_diff(want, got)
+    assert diff <= ATOL, f"logits differ from PyTorch by {diff}"
+    return diff
+
+
 # --------------------------------------------------------------------------- tiny ViT
 
 
@@ -402,6 +430,12 @@ BANK: dict[str, BankEntry] = {
             build_tiny_bert_classifier,
             check_tiny_bert_classifier,
             "text-classification",
+        ),
+        BankEntry(
+            "tiny-bert-tagger",
+            build_tiny_bert_tagger,
+            check_tiny_bert_tagger,
+            "token-classification",
         ),
         BankEntry("tiny-vit", build_tiny_vit, check_tiny_vit, "image-classification"),
         BankEntry("tiny-cnn", write_cnn_factory, check_cnn, "custom"),

@@ -13,12 +13,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
+import models
 import pytest
 from conftest import run_kiln
 
 import modelkiln
-import models
 
 Case = Callable[[Path, dict[str, Path]], tuple[list[str], str]]
 
@@ -107,6 +106,35 @@ def _target_file_with_unknown_key(tmp: Path, ckpt: dict[str, Path]) -> tuple[lis
     return [str(ckpt["bert"]), "--target", str(toml)], "flux_capacitor"
 
 
+def _target_toml(tmp: Path, ckpt: dict[str, Path], body: str) -> list[str]:
+    toml = tmp / "target.toml"
+    toml.write_text(body)
+    return [str(ckpt["bert"]), "--target", str(toml)]
+
+
+def _target_unknown_backend(tmp: Path, ckpt: dict[str, Path]) -> tuple[list[str], str]:
+    return _target_toml(tmp, ckpt, 'backend = "warp-drive"\n'), "warp-drive"
+
+
+def _target_unknown_option(tmp: Path, ckpt: dict[str, Path]) -> tuple[list[str], str]:
+    body = 'backend = "onnxruntime"\n[options]\nturbo = true\n'
+    return _target_toml(tmp, ckpt, body), "turbo"
+
+
+def _target_unsupported_precision(tmp: Path, ckpt: dict[str, Path]) -> tuple[list[str], str]:
+    return _target_toml(tmp, ckpt, 'backend = "onnxruntime"\nprecision = "fp16"\n'), "fp16"
+
+
+def _target_unavailable_device(tmp: Path, ckpt: dict[str, Path]) -> tuple[list[str], str]:
+    # This machine's onnxruntime has no CUDA provider.
+    return _target_toml(tmp, ckpt, 'backend = "onnxruntime"\ndevice = "cuda"\n'), "CUDA"
+
+
+def _target_bad_shape_range(tmp: Path, ckpt: dict[str, Path]) -> tuple[list[str], str]:
+    body = 'backend = "onnxruntime"\n[shapes.batch]\nmin = 8\nopt = 4\nmax = 2\n'
+    return _target_toml(tmp, ckpt, body), "shapes.batch"
+
+
 def _factory_file_missing(tmp: Path, ckpt: dict[str, Path]) -> tuple[list[str], str]:
     return [f"{tmp / 'nowhere.py'}:make"], "nowhere.py"
 
@@ -127,6 +155,11 @@ BAD_INPUTS: dict[str, Case] = {
     "unknown target": _unknown_target,
     "missing target file": _missing_target_file,
     "target file with unknown key": _target_file_with_unknown_key,
+    "target with unknown backend": _target_unknown_backend,
+    "target with unknown backend option": _target_unknown_option,
+    "target with unsupported precision": _target_unsupported_precision,
+    "target on a device this machine lacks": _target_unavailable_device,
+    "target with min > max shape range": _target_bad_shape_range,
     "factory file missing": _factory_file_missing,
 }
 
@@ -218,8 +251,47 @@ def test_pickle_checkpoint_exports_with_allow_pickle(tmp_path: Path, pickle_bert
     manifest = models.read_manifest(out)
     assert [w["file"] for w in manifest["source"]["weights"]] == ["pytorch_model.bin"]
     assert manifest["validation"]["passed"] is True
-    session = modelkiln.load(out)
-    models.check_tiny_bert(pickle_bert_dir, session)
-    # The pickle weights differ from the safetensors tiny BERT's: the export used these.
-    feeds = models.text_feeds(list(session.inputs), 1, 4)
-    assert np.isfinite(session.run(feeds)["last_hidden_state"]).all()
+    models.check_tiny_bert(pickle_bert_dir, modelkiln.load(out))
+    # Re-running the pickle reference is refused too unless allowed.
+    refused = run_kiln("validate", out, "--reference", pickle_bert_dir)
+    assert_one_line_error(refused, "--allow-pickle")
+    allowed = run_kiln("validate", out, "--reference", pickle_bert_dir, "--allow-pickle")
+    assert allowed.exit_code == 0, allowed.stderr
+
+
+# --------------------------------------------------------------------------- output vs inputs
+
+
+@pytest.mark.xfail(
+    reason="BUG: `kiln export CKPT -o CKPT --force` exports and then replaces the checkpoint "
+    "folder with the artifact, deleting model.safetensors (exit 0); exporting onto (or over a "
+    "folder containing) its own checkpoint should be refused up front",
+    raises=AssertionError,
+    strict=True,
+)
+def test_force_never_replaces_the_checkpoint_being_exported(
+    tmp_path: Path, tiny_bert_dir: Path
+) -> None:
+    ckpt = shutil.copytree(tiny_bert_dir, tmp_path / "ckpt")
+    before = sorted(p.name for p in ckpt.iterdir())
+    result = run_kiln("export", ckpt, "-o", ckpt, "--force", "-q")
+    assert sorted(p.name for p in ckpt.iterdir()) == before, "the checkpoint was replaced"
+    assert_one_line_error(result)
+
+
+@pytest.mark.xfail(
+    reason="BUG: with --dump-passes inside the output folder (-o OUT --dump-passes OUT/passes) "
+    "the dumps create OUT during the passes, then staging refuses with 'OUT already exists; "
+    "pass --force' (exit 2, after the whole trace) and leaves OUT/passes behind, breaking "
+    "'a failed export leaves nothing at the output path'",
+    raises=AssertionError,
+    strict=True,
+)
+def test_dump_passes_inside_the_output_folder(tmp_path: Path, mlp_onnx: Path) -> None:
+    out = tmp_path / "art"
+    result = run_kiln("export", mlp_onnx, "-o", out, "--dump-passes", out / "passes", "-q")
+    if result.exit_code == 0:
+        models.check_mlp(modelkiln.load(out))
+    else:
+        assert "already exists" not in result.stderr, result.stderr  # it did not exist
+        assert not out.exists(), "a failed export left something at the output path"

@@ -8,11 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import models
 import pytest
 from conftest import REPO, Exported, run_kiln
 
 import modelkiln
-import models
 
 COMMANDS = [[], ["export"], ["validate"], ["inspect"]]
 
@@ -34,8 +34,17 @@ def test_top_level_help_lists_the_commands() -> None:
 
 def test_export_help_documents_its_options() -> None:
     text = run_kiln("export", "--help").stdout
-    for option in ("--output", "--task", "--target", "--force", "--allow-pickle",
-                   "--no-validate", "--dump-passes", "--json", "--quiet"):
+    for option in (
+        "--output",
+        "--task",
+        "--target",
+        "--force",
+        "--allow-pickle",
+        "--no-validate",
+        "--dump-passes",
+        "--json",
+        "--quiet",
+    ):
         assert option in text, option
 
 

@@ -7,17 +7,18 @@ directly by tests/models.py) on input shapes the export's own validation never u
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from importlib.metadata import version
 from pathlib import Path
 
+import models
 import numpy as np
 import onnx
 import pytest
 from conftest import Exported, run_kiln
 
 import modelkiln
-import models
 from modelkiln.targets import Target
 
 
@@ -80,7 +81,7 @@ def test_manifest_passes_have_stats(tiny_bert_artifact: Exported) -> None:
         assert isinstance(entry["nodes_after"], int) and entry["nodes_after"] > 0
         assert isinstance(entry["seconds"], (int, float)) and entry["seconds"] >= 0
     # The passes form one chain: each starts from the graph the previous one left.
-    for prev, nxt in zip(passes, passes[1:]):
+    for prev, nxt in itertools.pairwise(passes):
         assert nxt["nodes_before"] == prev["nodes_after"], (prev, nxt)
     # The simplification does something on a real traced transformer.
     assert passes[-1]["nodes_after"] < passes[0]["nodes_before"]
@@ -185,8 +186,10 @@ def test_tokenizer_in_artifact_drives_the_model(tiny_bert_artifact: Exported) ->
 
 def test_outputs_match_pytorch_on_a_new_shape(tiny_bert_artifact: Exported) -> None:
     session = modelkiln.load(tiny_bert_artifact.path)
-    seen = {(c["dims"]["batch"], c["dims"]["sequence"])
-            for c in tiny_bert_artifact.manifest["validation"]["checks"]}
+    seen = {
+        (c["dims"]["batch"], c["dims"]["sequence"])
+        for c in tiny_bert_artifact.manifest["validation"]["checks"]
+    }
     for batch, sequence in ((2, 11), (5, 3), (1, 40)):
         assert (batch, sequence) not in seen
         models.check_tiny_bert(tiny_bert_artifact.source, session, batch, sequence)
@@ -208,16 +211,32 @@ def test_text_classification_export(classifier_artifact: Exported) -> None:
     assert m["outputs"] == {"logits": {"dtype": "float32", "shape": ["batch", models.NUM_LABELS]}}
     assert m["validation"]["passed"] is True
     assert m["preprocessing"] == ["config.json"]  # this checkpoint ships no tokenizer
-    models.check_tiny_bert_classifier(classifier_artifact.source,
-                                      modelkiln.load(classifier_artifact.path))
+    models.check_tiny_bert_classifier(
+        classifier_artifact.source, modelkiln.load(classifier_artifact.path)
+    )
+
+
+def test_token_classification_export(tmp_path_factory) -> None:
+    folder = models.build_tiny_bert_tagger(tmp_path_factory.mktemp("ckpt") / "tagger")
+    out = tmp_path_factory.mktemp("artifacts") / "tagger-cpu"
+    modelkiln.export(folder, out)  # task inferred from BertForTokenClassification
+    m = models.read_manifest(out)
+    assert m["task"] == "token-classification"
+    assert m["outputs"] == {
+        "logits": {"dtype": "float32", "shape": ["batch", "sequence", models.TOKEN_LABELS]}
+    }
+    assert m["validation"]["passed"] is True
+    models.check_tiny_bert_tagger(folder, modelkiln.load(out))
 
 
 def test_image_classification_vit_export(vit_artifact: Exported) -> None:
     m = vit_artifact.manifest
     assert m["task"] == "image-classification"  # inferred from config.json architectures
     assert m["inputs"] == {
-        "pixel_values": {"dtype": "float32",
-                         "shape": ["batch", 3, models.IMAGE_SIZE, models.IMAGE_SIZE]}
+        "pixel_values": {
+            "dtype": "float32",
+            "shape": ["batch", 3, models.IMAGE_SIZE, models.IMAGE_SIZE],
+        }
     }
     assert m["outputs"] == {"logits": {"dtype": "float32", "shape": ["batch", models.VIT_LABELS]}}
     assert m["validation"]["passed"] is True
@@ -251,8 +270,9 @@ def test_dump_passes_writes_one_onnx_per_pass(cnn_artifact: Exported) -> None:
         model = onnx.load(str(dumps / name))
         assert len(model.graph.node) == entry["nodes_after"], name
     # The dumps live where asked, not inside the artifact.
-    assert not any(p.suffix == ".onnx" and p.name != "model.onnx"
-                   for p in cnn_artifact.path.iterdir())
+    assert not any(
+        p.suffix == ".onnx" and p.name != "model.onnx" for p in cnn_artifact.path.iterdir()
+    )
 
 
 def test_onnx_source_export(mlp_artifact: Exported) -> None:
@@ -303,8 +323,9 @@ def test_validate_on_unvalidated_artifact_says_golden_skipped(unvalidated: Expor
 
 @pytest.fixture(scope="module")
 def external_artifact(tmp_path_factory, mlp_onnx) -> Exported:
-    target = Target(name="cpu", backend="onnxruntime",
-                    options={"external_data_threshold_bytes": 1024})
+    target = Target(
+        name="cpu", backend="onnxruntime", options={"external_data_threshold_bytes": 1024}
+    )
     out = tmp_path_factory.mktemp("artifacts") / "tiny-mlp-external"
     result = modelkiln.export(mlp_onnx, out, target=target)
     return Exported(mlp_onnx, out, models.read_manifest(out), result)
@@ -319,8 +340,9 @@ def test_external_data_artifact_has_weights_file(external_artifact: Exported) ->
     assert m["files"]["model.onnx.data"]["sha256"] == sha256(root / "model.onnx.data")
     # W (2 KiB) lives in the data file, not in the protobuf.
     proto = onnx.load(str(root / "model.onnx"), load_external_data=False)
-    external = [t.name for t in proto.graph.initializer
-                if t.data_location == onnx.TensorProto.EXTERNAL]
+    external = [
+        t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+    ]
     assert "W" in external
     assert (root / "model.onnx.data").stat().st_size >= models.MLP_IN * models.MLP_OUT * 4
 

@@ -6,11 +6,10 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import models
 import numpy as np
 import onnx
 from conftest import Exported, run_kiln
-
-import models
 
 
 def onnx_facts(path: Path) -> tuple[Counter[str], int]:

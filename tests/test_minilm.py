@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import models
 import numpy as np
 import pytest
 from conftest import run_kiln
 
 import modelkiln
-import models
 
 SENTENCES = [
     "The kiln fired the clay overnight.",

@@ -14,14 +14,24 @@ import subprocess
 import sys
 import zipfile
 from importlib.metadata import entry_points
-from pathlib import Path
 
 import pytest
 from conftest import REPO
 
 IGNORED = shutil.ignore_patterns(
-    ".venv", ".git", "out", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
-    ".ruff_cache", ".mypy_cache", "tests", "benchmarks", "samples",
+    ".venv",
+    ".git",
+    "out",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".mypy_cache",
+    "tests",
+    "benchmarks",
+    "samples",
 )
 
 
@@ -32,9 +42,22 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
     shutil.copytree(REPO, src, ignore=IGNORED)
     dist = root / "dist"
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation",
-         "-q", "-w", str(dist)],
-        cwd=src, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            ".",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(dist),
+        ],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     wheels = list(dist.glob("modelkiln-*.whl"))
@@ -79,8 +102,12 @@ def test_wheel_holds(wheel: zipfile.ZipFile, path: str) -> None:
 
 def test_wheel_ships_every_preset_and_module_of_the_source_tree(wheel: zipfile.ZipFile) -> None:
     shipped = set(names(wheel))
-    mapping = {"modelkiln": "modelkiln", "exporter": "modelkiln/exporter",
-               "backends": "modelkiln/backends", "targets": "modelkiln/targets"}
+    mapping = {
+        "modelkiln": "modelkiln",
+        "exporter": "modelkiln/exporter",
+        "backends": "modelkiln/backends",
+        "targets": "modelkiln/targets",
+    }
     for folder, package in mapping.items():
         for source in (REPO / folder).rglob("*"):
             if source.suffix in (".py", ".toml") and "__pycache__" not in source.parts:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
+import models
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -11,7 +13,6 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-import models
 from modelkiln.exporter.passes import count_nodes, simplify
 
 
@@ -57,11 +58,14 @@ def test_simplify_records_stats_for_every_pass() -> None:
     _, log = simplify(ir.from_proto(redundant_proto()))
     names = [entry["name"] for entry in log]
     assert len(names) >= 5
-    assert {"identity-elimination", "common-subexpression-elimination",
-            "dead-code-elimination"} <= set(names)
+    assert {
+        "identity-elimination",
+        "common-subexpression-elimination",
+        "dead-code-elimination",
+    } <= set(names)
     assert log[0]["nodes_before"] == 7
     assert log[-1]["nodes_after"] == 2
-    for prev, nxt in zip(log, log[1:]):
+    for prev, nxt in itertools.pairwise(log):
         assert nxt["nodes_before"] == prev["nodes_after"]
     for entry in log:
         assert set(entry) >= {"name", "nodes_before", "nodes_after", "modified", "seconds"}

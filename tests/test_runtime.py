@@ -7,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import models
 import numpy as np
 import pytest
 from conftest import Exported, copy_artifact
 
 import modelkiln
-import models
 from modelkiln import FeedError, TensorSpec, UserInputError
 
 LIGHT_SCRIPT = """
@@ -34,7 +34,9 @@ print(json.dumps({"heavy": heavy, "shape": list(out["last_hidden_state"].shape)}
 def test_runtime_does_not_import_torch_or_transformers(tiny_bert_artifact: Exported) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", LIGHT_SCRIPT, str(tiny_bert_artifact.path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -176,3 +178,8 @@ def test_good_feeds_of_any_batch_run(mlp_artifact: Exported) -> None:
     for batch in (1, 2, 17):
         out = session.run({"x": np.zeros((batch, models.MLP_IN), dtype=np.float32)})
         assert out["y"].shape == (batch, models.MLP_OUT)
+
+
+def test_unavailable_provider_is_backend_unavailable(mlp_artifact: Exported) -> None:
+    with pytest.raises(modelkiln.BackendUnavailable, match="CUDAExecutionProvider"):
+        modelkiln.load(mlp_artifact.path, providers=["CUDAExecutionProvider"])

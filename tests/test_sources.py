@@ -13,12 +13,12 @@ import os
 import textwrap
 from pathlib import Path
 
+import models
 import numpy as np
 import pytest
 from conftest import run_kiln
 
 import modelkiln
-import models
 from modelkiln.errors import CheckpointError, UserInputError
 from modelkiln.exporter import sources
 from modelkiln.exporter.safetensors_check import check_safetensors
@@ -49,10 +49,13 @@ def write_factory(folder: Path, body: str, name: str = "factory") -> Path:
 
 
 def test_factory_returning_module_and_inputs(tmp_path: Path) -> None:
-    path = write_factory(tmp_path, """
+    path = write_factory(
+        tmp_path,
+        """
         def make():
             return Double(), {"x": torch.ones(2, 3)}
-    """)
+    """,
+    )
     source = sources.load(f"{path}:make")
     assert isinstance(source, sources.FactorySource)
     assert source.options == {}
@@ -64,7 +67,9 @@ def test_factory_returning_module_and_inputs(tmp_path: Path) -> None:
 
 
 def test_factory_with_options(tmp_path: Path) -> None:
-    path = write_factory(tmp_path, """
+    path = write_factory(
+        tmp_path,
+        """
         def make():
             return (
                 Split(),
@@ -73,7 +78,8 @@ def test_factory_with_options(tmp_path: Path) -> None:
                                                                    "b": {0: "n", 1: "m"}},
                  "atol": 1e-6},
             )
-    """)
+    """,
+    )
     source = sources.load(f"{path}:make")
     from modelkiln.exporter.specs import for_factory
 
@@ -85,10 +91,13 @@ def test_factory_with_options(tmp_path: Path) -> None:
 
 
 def test_factory_default_dynamic_axis_is_batch(tmp_path: Path) -> None:
-    path = write_factory(tmp_path, """
+    path = write_factory(
+        tmp_path,
+        """
         def make():
             return Double(), {"x": torch.ones(4, 3, 2)}
-    """)
+    """,
+    )
     source = sources.load(f"{path}:make")
     from modelkiln.exporter.specs import for_factory
 
@@ -100,10 +109,13 @@ def test_factory_default_dynamic_axis_is_batch(tmp_path: Path) -> None:
 def test_factory_output_names_must_match_outputs(tmp_path: Path) -> None:
     from modelkiln.exporter.specs import for_factory
 
-    path = write_factory(tmp_path, """
+    path = write_factory(
+        tmp_path,
+        """
         def make():
             return Split(), {"a": torch.ones(2), "b": torch.ones(2)}, {"output_names": ["only"]}
-    """)
+    """,
+    )
     source = sources.load(f"{path}:make")
     with pytest.raises(UserInputError, match="output_names"):
         for_factory(source.example_inputs, source.options, 2)
@@ -113,10 +125,14 @@ def test_factory_by_module_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     package = tmp_path / "kiln_test_pkg"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    write_factory(package, """
+    write_factory(
+        package,
+        """
         def build():
             return Double(), {"x": torch.ones(1, 2)}
-    """, name="nets")
+    """,
+        name="nets",
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     source = sources.load("kiln_test_pkg.nets:build")
     assert isinstance(source, sources.FactorySource)
@@ -126,13 +142,17 @@ def test_factory_by_module_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 FACTORY_MISTAKES = {
     "returns a module only": ("def make():\n    return Double()\n", "must return"),
     "returns a 4-tuple": (
-        "def make():\n    return Double(), {'x': torch.ones(1)}, {}, None\n", "must return"),
+        "def make():\n    return Double(), {'x': torch.ones(1)}, {}, None\n",
+        "must return",
+    ),
     "not a torch module": ("def make():\n    return object(), {'x': torch.ones(1)}\n", "Module"),
     "inputs not a dict": ("def make():\n    return Double(), [torch.ones(1)]\n", "dict"),
     "inputs empty": ("def make():\n    return Double(), {}\n", "dict"),
     "input not a tensor": ("def make():\n    return Double(), {'x': [1.0]}\n", "dict"),
     "options not a dict": (
-        "def make():\n    return Double(), {'x': torch.ones(1)}, ['atol']\n", "options"),
+        "def make():\n    return Double(), {'x': torch.ones(1)}, ['atol']\n",
+        "options",
+    ),
     "attribute missing": ("def other():\n    pass\n", "make"),
     "attribute not callable": ("make = 3\n", "make"),
     "file fails to import": ("raise RuntimeError('broken on purpose')\n", "broken on purpose"),
@@ -163,10 +183,13 @@ def test_factory_of_missing_module_is_a_checkpoint_error() -> None:
     strict=True,
 )
 def test_factory_that_raises_is_a_one_line_user_error(tmp_path: Path) -> None:
-    path = write_factory(tmp_path, """
+    path = write_factory(
+        tmp_path,
+        """
         def make():
             raise RuntimeError("weights server unreachable")
-    """)
+    """,
+    )
     result = run_kiln("export", f"{path}:make", "-o", tmp_path / "out")
     assert result.exit_code == 2, (result.exit_code, result.exception)
     assert "weights server unreachable" in result.stderr
@@ -202,8 +225,13 @@ def test_sharded_checkpoint_with_missing_shard(tmp_path: Path, tiny_bert_dir: Pa
     folder = tmp_path / "sharded"
     folder.mkdir()
     (folder / "config.json").write_bytes((tiny_bert_dir / "config.json").read_bytes())
-    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
-                                            "b": "model-00002-of-00002.safetensors"}}
+    index = {
+        "metadata": {},
+        "weight_map": {
+            "a": "model-00001-of-00002.safetensors",
+            "b": "model-00002-of-00002.safetensors",
+        },
+    }
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     os.link(tiny_bert_dir / "model.safetensors", folder / "model-00001-of-00002.safetensors")
     with pytest.raises(CheckpointError, match="model-00002-of-00002"):

@@ -6,11 +6,11 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import models
 import pytest
 from conftest import Exported, copy_artifact, run_kiln
 
 import modelkiln
-import models
 
 # --------------------------------------------------------------------------- export-time failure
 # The noisy factory's module draws random numbers (randn_like, dropout in training mode): ONNX
@@ -162,8 +162,9 @@ def test_junit_report_records_failures(tiny_bert_artifact: Exported, tmp_path: P
 
 
 def test_reference_rerun_passes(tiny_bert_artifact: Exported) -> None:
-    result = run_kiln("validate", tiny_bert_artifact.path, "--reference",
-                      tiny_bert_artifact.source, "--json")
+    result = run_kiln(
+        "validate", tiny_bert_artifact.path, "--reference", tiny_bert_artifact.source, "--json"
+    )
     assert result.exit_code == 0, result.stderr
     reference = json.loads(result.stdout)["checks"]["reference"]
     assert reference["passed"] is True
@@ -224,8 +225,10 @@ def test_golden_replay_catches_a_rehashed_weight_change(
     onnx.save(proto, str(copy / "model.onnx"))
     manifest = json.loads((copy / "kiln.json").read_text())
     data = (copy / "model.onnx").read_bytes()
-    manifest["files"]["model.onnx"] = {"sha256": hashlib.sha256(data).hexdigest(),
-                                       "size": len(data)}
+    manifest["files"]["model.onnx"] = {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+    }
     (copy / "kiln.json").write_text(json.dumps(manifest))
 
     result = run_kiln("validate", copy, "--json")
@@ -234,3 +237,11 @@ def test_golden_replay_catches_a_rehashed_weight_change(
     assert report["checks"]["files"]["passed"] is True
     assert report["checks"]["golden"]["passed"] is False
     assert len(report["checks"]["golden"]["failures"]) == 2
+
+
+def test_reference_rerun_for_an_onnx_source(mlp_artifact: Exported) -> None:
+    result = run_kiln("validate", mlp_artifact.path, "--reference", mlp_artifact.source, "--json")
+    assert result.exit_code == 0, result.stderr
+    reference = json.loads(result.stdout)["checks"]["reference"]
+    assert reference["passed"] is True
+    assert [c["dims"]["batch"] for c in reference["checks"]] == [2, 4]
