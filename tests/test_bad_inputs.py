@@ -339,3 +339,33 @@ def test_dump_passes_onto_a_file_is_a_user_error(tmp_path: Path, mlp_onnx: Path)
     assert_no_crash(result)
     assert_one_line_error(result, "afile")
     assert not out.exists()
+
+
+def test_allow_pickle_still_refuses_code_in_the_pickle(
+    tmp_path: Path, pickle_bert_dir: Path
+) -> None:
+    """--allow-pickle loads with weights_only=True: a pickle that runs code is refused unrun."""
+    import torch
+
+    marker = tmp_path / "PWNED"
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    shutil.copy(pickle_bert_dir / "config.json", folder)
+    state = torch.load(pickle_bert_dir / "pytorch_model.bin", weights_only=True)
+    state["payload"] = _Payload(str(marker))
+    torch.save(state, folder / "pytorch_model.bin")
+    out = tmp_path / "out"
+    result = run_kiln("export", folder, "-o", out, "--allow-pickle")
+    assert_one_line_error(result, str(folder))
+    assert not marker.exists(), "the pickle's code ran"
+    assert not out.exists()
+
+
+class _Payload:
+    """Unpickling this calls pathlib.Path.touch: stands in for arbitrary code."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
