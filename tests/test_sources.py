@@ -360,3 +360,21 @@ def test_onnx_missing_external_data_is_refused(tmp_path: Path) -> None:
     (tmp_path / "m" / "W.bin").unlink()
     with pytest.raises(CheckpointError, match="missing"):
         sources.load(str(path))
+
+
+# --------------------------------------------------------------------------- the model bank
+
+
+@pytest.mark.parametrize("name", list(models.BANK))
+def test_every_bank_model_is_a_source_kiln_accepts(name: str, tmp_path: Path) -> None:
+    from modelkiln.exporter.specs import infer_task
+
+    entry = models.BANK[name]
+    built = entry.build(tmp_path / name)
+    source = sources.load(str(built))
+    if isinstance(source, sources.HFCheckpoint):
+        assert infer_task(source.config) == entry.task
+        assert [p.suffix for p in source.weights] == [".safetensors"]
+    else:
+        assert entry.task == "custom"
+        assert isinstance(source, (sources.FactorySource, sources.OnnxSource))
