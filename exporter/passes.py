@@ -39,12 +39,15 @@ class Recorded(ir.passes.InPlacePass):
         start = time.perf_counter()
         result = self.inner(model)
         seconds = time.perf_counter() - start
+        after = count_nodes(result.model)
+        # Some passes report only their main rewrite, not the cleanup they do after it.
+        modified = bool(result.modified) or after != before
         self.log.append(
             {
                 "name": self.name,
                 "nodes_before": before,
-                "nodes_after": count_nodes(result.model),
-                "modified": bool(result.modified),
+                "nodes_after": after,
+                "modified": modified,
                 "seconds": round(seconds, 4),
             }
         )
@@ -57,7 +60,7 @@ class Recorded(ir.passes.InPlacePass):
                 external_data=f"{index:02d}-{self.name}.onnx.data",
                 size_threshold_bytes=1 << 20,
             )
-        return ir.passes.PassResult(result.model, result.modified)
+        return ir.passes.PassResult(result.model, modified)
 
 
 def simplify_passes() -> list[tuple[str, ir.passes.PassBase]]:

@@ -284,7 +284,12 @@ def _load_factory(ref: str) -> FactorySource:
     make = getattr(module, attr, None)
     if not callable(make):
         raise CheckpointError(f"{target} has no callable '{attr}' (from {ref})")
-    result = make()
+    try:
+        result = make()
+    except Exception as exc:
+        raise CheckpointError(
+            f"calling {attr}() from {target} failed: {type(exc).__name__}: {exc}"
+        ) from None
     if not isinstance(result, tuple) or len(result) not in (2, 3):
         raise CheckpointError(
             f"{ref} must return (module, example_inputs) or (module, example_inputs, options); "

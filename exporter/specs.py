@@ -50,7 +50,11 @@ class TaskSpec:
     trace_dims: Mapping[str, int]
     check_dims: tuple[Mapping[str, int], ...]
     auto_class: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    limits: Mapping[str, int] = field(default_factory=dict)  # largest size per named dim
+
+    def fit(self, dims: Mapping[str, int]) -> dict[str, int]:
+        """`dims` with each size capped at the model's limit (e.g. max_position_embeddings)."""
+        return {d: min(v, self.limits.get(d, v)) for d, v in dims.items()}
 
     @property
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
@@ -140,14 +144,30 @@ def _text_spec(config: Mapping[str, Any], task: str, forward_args: set[str]) -> 
         inputs.append(InputDecl("attention_mask", "int64", axes, "mask"))
     if "token_type_ids" in forward_args and int(config.get("type_vocab_size", 0)) >= 2:
         inputs.append(InputDecl("token_type_ids", "int64", axes, "zeros"))
+    limits = {}
+    positions = config.get("max_position_embeddings")
+    if isinstance(positions, int) and positions > 0:
+        # RoBERTa-style models start position ids after the padding index.
+        offset = (
+            int(config.get("pad_token_id") or 0) + 1
+            if "roberta" in str(config.get("model_type"))
+            else 0
+        )
+        limits["sequence"] = max(positions - offset, 2)
+    longest = limits.get("sequence", 1 << 30)
+    checks = tuple(
+        {"batch": dims["batch"], "sequence": min(dims["sequence"], longest // (2 - i))}
+        for i, dims in enumerate(TEXT_CHECK_DIMS)
+    )
     return TaskSpec(
         task=task,
         inputs=tuple(inputs),
         outputs=outputs,
         tolerance=Tolerance(atol=1e-4, min_cosine=0.9999 if task == "feature-extraction" else None),
-        trace_dims={"batch": 2, "sequence": 8},
-        check_dims=TEXT_CHECK_DIMS,
+        trace_dims={"batch": 2, "sequence": min(8, longest)},
+        check_dims=checks,
         auto_class=auto_class,
+        limits=limits,
     )
 
 

@@ -109,11 +109,30 @@ def write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
 
 
-def check_output_free(out: Path, force: bool) -> None:
+def blocking_file(path: Path) -> Path | None:
+    """The existing file among `path`'s parents that keeps `path` from being created, if any."""
+    return next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+
+
+def check_output_free(out: Path, force: bool, protected: Path | None = None) -> None:
+    """Refuse output paths that cannot or must not be written, before any slow work.
+
+    `protected` is the checkpoint being exported: an artifact never replaces its own source.
+    """
     if out.exists() and not force:
         raise OutputExistsError(f"{out} already exists; pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a folder; choose another output path")
+    blocker = blocking_file(out)
+    if blocker is not None:
+        raise OutputExistsError(f"cannot create {out}: {blocker} is a file, not a folder")
+    if protected is not None and protected.exists():
+        source, target = protected.resolve(), out.resolve()
+        if source == target or target in source.parents:
+            raise OutputExistsError(
+                f"{out} holds the checkpoint being exported ({protected}); "
+                "choose an output path outside it"
+            )
 
 
 @contextlib.contextmanager

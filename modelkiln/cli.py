@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from modelkiln.errors import ModelkilnError, ValidationError
+from modelkiln.errors import ModelkilnError, UserInputError, ValidationError
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -216,6 +216,15 @@ def validate(
     optionally a fresh PyTorch run. Exit code 0 when every check passes, 1 otherwise."""
     from modelkiln.verify import verify_artifact
 
+    if junit is not None:
+        from modelkiln.artifact import blocking_file
+
+        blocker = blocking_file(junit)
+        if junit.is_dir() or blocker is not None:
+            raise UserInputError(
+                f"cannot write --junit {junit}: "
+                + (f"{blocker} is a file" if blocker else "it is a folder")
+            )
     report = verify_artifact(artifact, reference=reference, allow_pickle=allow_pickle)
     if junit is not None:
         from modelkiln.junit import write_junit

@@ -30,4 +30,5 @@ def write_junit(report: dict[str, Any], path: Path) -> None:
         case = ET.SubElement(suite, "testcase", classname="modelkiln.validate", name=name)
         if failure is not None:
             ET.SubElement(case, "failure", message=failure)
+    path.parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)

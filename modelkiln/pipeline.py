@@ -17,13 +17,14 @@ from modelkiln.artifact import (
     GOLDEN,
     SCHEMA_VERSION,
     Artifact,
+    blocking_file,
     check_output_free,
     file_entries,
     staging,
     write_manifest,
 )
 from modelkiln.backends import get_backend
-from modelkiln.errors import ValidationError
+from modelkiln.errors import UserInputError, ValidationError
 from modelkiln.golden import save_golden
 from modelkiln.progress import Progress
 from modelkiln.targets import Target, load_target
@@ -70,13 +71,16 @@ def export(
 
     progress = progress or Progress(quiet=True)
     out = Path(output)
-    check_output_free(out, force)
+    check_output_free(out, force, protected=_checkpoint_path(str(checkpoint)))
+    dump_dir = Path(dump_passes) if dump_passes else None
+    if dump_dir is not None:
+        _check_dump_dir(dump_dir, out)
     check_task(task)
     tgt = load_target(target) if isinstance(target, str) else target
     backend = get_backend(tgt.backend)
     backend.check(tgt)
 
-    prepared = _prepare(str(checkpoint), task, allow_pickle, dump_passes, progress)
+    prepared = _prepare(str(checkpoint), task, allow_pickle, dump_dir, progress)
     spec, source = prepared.spec, prepared.source
     with staging(out, force) as stage:
         with progress.stage("build", f"building for target {tgt.name} ({backend.name})"):
@@ -146,6 +150,7 @@ def _load_source(
         import onnx_ir as ir
 
         model = ir.load(source.path)
+        ir.external_data.load_to_model(model)  # in memory: the artifact must not point back
         return source, specs.for_onnx(model), model, onnx_runner(source.path)
     if isinstance(source, sources.FactorySource):
         module = source.load_module()
@@ -160,11 +165,33 @@ def _load_source(
     return source, spec, module, torch_runner(module, spec.outputs)
 
 
+def _checkpoint_path(checkpoint: str) -> Path:
+    """The file or folder a checkpoint reference names (the .py file of a factory)."""
+    path = Path(checkpoint)
+    if not path.exists() and ":" in checkpoint:
+        return Path(checkpoint.rpartition(":")[0])
+    return path
+
+
+def _check_dump_dir(dump_dir: Path, out: Path) -> None:
+    if dump_dir.exists() and not dump_dir.is_dir():
+        raise UserInputError(f"--dump-passes {dump_dir} is a file; give a folder")
+    blocker = blocking_file(dump_dir)
+    if blocker is not None:
+        raise UserInputError(f"cannot create --dump-passes {dump_dir}: {blocker} is a file")
+    target, dump = out.resolve(), dump_dir.resolve()
+    if dump == target or target in dump.parents:
+        raise UserInputError(
+            f"--dump-passes {dump_dir} is inside the output folder {out}; the artifact holds "
+            "only what it lists, so write the dumps elsewhere"
+        )
+
+
 def _prepare(
     checkpoint: str,
     task: str | None,
     allow_pickle: bool,
-    dump_passes: str | Path | None,
+    dump_dir: Path | None,
     progress: Progress,
 ) -> Prepared:
     from modelkiln.exporter.passes import simplify
@@ -179,7 +206,6 @@ def _prepare(
 
         with progress.stage("trace", "tracing to ONNX (torch.export, dynamo)"):
             model = trace(model, spec, make_inputs(spec, spec.trace_dims), source.model_type)
-    dump_dir = Path(dump_passes) if dump_passes else None
     with progress.stage("passes", "simplifying the graph"):
         model, log = simplify(model, dump_dir)
     return Prepared(source, source_info, spec, model, reference, log)

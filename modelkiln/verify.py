@@ -74,7 +74,7 @@ def _fresh_reference(
 
     named = {d for decl in spec.inputs for d in decl.axes if isinstance(d, str)}
     dims_list = [
-        {d: v for d, v in dims.items() if d in named} | {d: 2 for d in named - set(dims)}
+        spec.fit({d: v for d, v in dims.items() if d in named} | {d: 2 for d in named - set(dims)})
         for dims in FRESH_DIMS
     ]
     report, _ = validate(runner, session.run, spec, dims_list, seed=1000)
