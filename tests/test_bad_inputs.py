@@ -262,39 +262,25 @@ def test_pickle_checkpoint_exports_with_allow_pickle(tmp_path: Path, pickle_bert
 # --------------------------------------------------------------------------- output vs inputs
 
 
-@pytest.mark.xfail(
-    reason="BUG: `kiln export CKPT -o CKPT --force` exports and then replaces the checkpoint "
-    "folder with the artifact, deleting model.safetensors (exit 0); exporting onto (or over a "
-    "folder containing) its own checkpoint should be refused up front",
-    raises=AssertionError,
-    strict=True,
-)
+@pytest.mark.parametrize("where", ["the checkpoint itself", "a folder holding it"])
 def test_force_never_replaces_the_checkpoint_being_exported(
-    tmp_path: Path, tiny_bert_dir: Path
+    tmp_path: Path, tiny_bert_dir: Path, where: str
 ) -> None:
-    ckpt = shutil.copytree(tiny_bert_dir, tmp_path / "ckpt")
+    ckpt = shutil.copytree(tiny_bert_dir, tmp_path / "models" / "ckpt")
+    out = ckpt if where == "the checkpoint itself" else ckpt.parent
     before = sorted(p.name for p in ckpt.iterdir())
-    result = run_kiln("export", ckpt, "-o", ckpt, "--force", "-q")
+    result = run_kiln("export", ckpt, "-o", out, "--force", "-q")
+    assert ckpt.is_dir(), "the checkpoint was deleted"
     assert sorted(p.name for p in ckpt.iterdir()) == before, "the checkpoint was replaced"
-    assert_one_line_error(result)
+    assert_one_line_error(result, "checkpoint")
 
 
-@pytest.mark.xfail(
-    reason="BUG: with --dump-passes inside the output folder (-o OUT --dump-passes OUT/passes) "
-    "the dumps create OUT during the passes, then staging refuses with 'OUT already exists; "
-    "pass --force' (exit 2, after the whole trace) and leaves OUT/passes behind, breaking "
-    "'a failed export leaves nothing at the output path'",
-    raises=AssertionError,
-    strict=True,
-)
-def test_dump_passes_inside_the_output_folder(tmp_path: Path, mlp_onnx: Path) -> None:
+def test_dump_passes_inside_the_output_folder_is_refused(tmp_path: Path, mlp_onnx: Path) -> None:
     out = tmp_path / "art"
     result = run_kiln("export", mlp_onnx, "-o", out, "--dump-passes", out / "passes", "-q")
-    if result.exit_code == 0:
-        models.check_mlp(modelkiln.load(out))
-    else:
-        assert "already exists" not in result.stderr, result.stderr  # it did not exist
-        assert not out.exists(), "a failed export left something at the output path"
+    line = assert_one_line_error(result, "--dump-passes")
+    assert "already exists" not in line  # it did not exist before the command
+    assert not out.exists(), "a failed export left something at the output path"
 
 
 # --------------------------------------------------------------------------- unusable paths
@@ -308,13 +294,6 @@ def assert_no_crash(result) -> None:
     )
 
 
-@pytest.mark.xfail(
-    reason="BUG: `kiln export M -o FILE/out` (the output's parent is a file) crashes with an "
-    "uncaught FileExistsError from staging's mkdir (traceback, exit 1) after the whole "
-    "trace instead of one `error:` line and exit 2",
-    raises=AssertionError,
-    strict=True,
-)
 def test_output_under_a_file_is_a_user_error(tmp_path: Path, mlp_onnx: Path) -> None:
     blocker = tmp_path / "afile"
     blocker.write_text("not a folder")
@@ -324,13 +303,6 @@ def test_output_under_a_file_is_a_user_error(tmp_path: Path, mlp_onnx: Path) -> 
     assert blocker.read_text() == "not a folder"
 
 
-@pytest.mark.xfail(
-    reason="BUG: `kiln export M -o OUT --dump-passes FILE` (FILE exists and is a file) crashes "
-    "with an uncaught FileExistsError from the dump folder's mkdir (traceback, exit 1) "
-    "instead of one `error:` line and exit 2",
-    raises=AssertionError,
-    strict=True,
-)
 def test_dump_passes_onto_a_file_is_a_user_error(tmp_path: Path, mlp_onnx: Path) -> None:
     blocker = tmp_path / "afile"
     blocker.write_text("not a folder")

@@ -174,14 +174,6 @@ def test_factory_of_missing_module_is_a_checkpoint_error() -> None:
         sources.load("no_such_kiln_module.sub:make")
 
 
-@pytest.mark.xfail(
-    reason="BUG: an exception raised inside the user's factory function escapes "
-    "sources._load_factory unwrapped (RuntimeError), so `kiln export f.py:make` prints a "
-    "traceback and exits 1 instead of one `error:` line and exit 2 (importing the file "
-    "is wrapped; calling make() is not)",
-    raises=AssertionError,
-    strict=True,
-)
 def test_factory_that_raises_is_a_one_line_user_error(tmp_path: Path) -> None:
     path = write_factory(
         tmp_path,
@@ -300,15 +292,6 @@ def test_onnx_external_data_inside_folder_is_accepted(tmp_path: Path) -> None:
     assert source.describe()["weights"][1]["sha256"] == digest
 
 
-@pytest.mark.xfail(
-    reason="BUG: exporting an .onnx source whose weights are in external data fails: the "
-    "backend saves model.onnx still pointing at the source's data file (e.g. 'W.bin') "
-    "without copying or inlining it, so validation's session raises BuildError "
-    "'External data path does not exist: .../.art.staging-XXXX/W.bin' (with --no-validate "
-    "the broken artifact is written and modelkiln.load raises the same BuildError)",
-    raises=modelkiln.errors.BuildError,
-    strict=True,
-)
 @pytest.mark.parametrize("location", ["W.bin", "weights/W.bin"])
 def test_onnx_source_with_external_data_exports_a_self_contained_artifact(
     tmp_path: Path, location: str

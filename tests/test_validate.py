@@ -247,21 +247,18 @@ def test_reference_rerun_for_an_onnx_source(mlp_artifact: Exported) -> None:
     assert [c["dims"]["batch"] for c in reference["checks"]] == [2, 4]
 
 
-@pytest.mark.xfail(
-    reason="BUG: `kiln validate A --junit DIR/report.xml` with DIR missing runs every check, "
-    "then crashes with an uncaught FileNotFoundError from ElementTree.write (traceback, "
-    "exit 1); it should create DIR (as pytest --junitxml does) or fail with one line, exit 2",
-    raises=AssertionError,
-    strict=True,
-)
-def test_junit_into_a_missing_folder(mlp_artifact: Exported, tmp_path: Path) -> None:
-    junit = tmp_path / "reports" / "kiln.xml"
+def test_junit_into_a_missing_folder_creates_it(mlp_artifact: Exported, tmp_path: Path) -> None:
+    junit = tmp_path / "reports" / "ci" / "kiln.xml"
     result = run_kiln("validate", mlp_artifact.path, "--junit", junit)
-    assert result.exception is None or isinstance(result.exception, SystemExit), (
-        f"uncaught {type(result.exception).__name__}: {result.exception}"
-    )
-    if result.exit_code == 0:
-        assert ET.parse(junit).getroot().tag == "testsuite"
-    else:
-        assert result.exit_code == 2
-        assert "Traceback" not in result.stderr
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    suite = ET.parse(junit).getroot()
+    assert suite.tag == "testsuite" and suite.get("failures") == "0"
+
+
+def test_junit_path_under_a_file_is_a_user_error(mlp_artifact: Exported, tmp_path: Path) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    result = run_kiln("validate", mlp_artifact.path, "--junit", blocker / "kiln.xml")
+    assert result.exit_code == 2, (result.stderr, result.exception)
+    assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+    assert blocker.read_text() == "x"
