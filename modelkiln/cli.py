@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -292,5 +293,28 @@ def inspect(path: Path, as_json: bool) -> None:
         out.print(f"validation: {info['validation']}", markup=False)
 
 
+def run() -> None:
+    """Console-script entry point: `main`, then a fast exit once torch has been loaded.
+
+    Tearing down torch and transformers at interpreter exit takes over a second and does
+    nothing useful here: every file is closed by then, so flush the streams and leave.
+    """
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    else:
+        code = 0
+    if "torch" not in sys.modules:
+        sys.exit(code)
+    if not isinstance(code, int):
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    run()

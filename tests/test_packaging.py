@@ -122,7 +122,7 @@ def test_wheel_declares_the_onnxruntime_backend_entry_point(wheel: zipfile.ZipFi
     assert parser["modelkiln.backends"]["onnxruntime"].strip() == (
         "modelkiln.backends.onnxruntime:OnnxRuntimeBackend"
     )
-    assert parser["console_scripts"]["kiln"].strip() == "modelkiln.cli:main"
+    assert parser["console_scripts"]["kiln"].strip() == "modelkiln.cli:run"
 
 
 def test_installed_entry_point_resolves_to_a_backend() -> None:
