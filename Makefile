@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.modelkiln-installed
 OUT ?= out/minilm-cpu
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all lint typecheck bench clean
 
 # torch==2.13.0 first: it is the CPU build on local disk; a bare `torch` requirement would
 # otherwise pull a multi-GB CUDA build.
@@ -31,6 +31,15 @@ test-all: install
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# mypy cannot follow the editable install's import hook, so check a copy laid out as installed.
+typecheck: install
+	rm -rf build/typecheck && mkdir -p build/typecheck
+	cp -r modelkiln build/typecheck/modelkiln
+	cp -r exporter build/typecheck/modelkiln/exporter
+	cp -r backends build/typecheck/modelkiln/backends
+	cp -r targets build/typecheck/modelkiln/targets
+	cd build/typecheck && ../../$(BIN)/mypy -p modelkiln
 
 bench: install
 	$(BIN)/python benchmarks/export_time.py

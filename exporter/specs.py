@@ -273,6 +273,7 @@ def make_inputs(spec: TaskSpec, dims: Mapping[str, int], seed: int = 0) -> dict[
             raise UserInputError(
                 f"no size given for dimension {exc} of input '{decl.name}'"
             ) from None
+        value: np.ndarray
         if decl.fill == "token_ids":
             value = rng.integers(decl.low, decl.high, size=shape)
         elif decl.fill == "mask":

@@ -102,6 +102,8 @@ def trace(module: Any, spec: TaskSpec, inputs: Mapping[str, np.ndarray], model_t
             f"tracing {model_type} for task {spec.task} failed: {type(root).__name__}: "
             f"{first_line(root)} (run with --debug for the full torch error)"
         ) from exc
+    if program is None:  # only the legacy exporter returns None
+        raise ExportError(f"tracing {model_type} for task {spec.task} produced no ONNX program")
     model = program.model
     produced = [v.name for v in model.graph.outputs]
     if produced != list(spec.outputs):

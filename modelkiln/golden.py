@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -12,7 +13,7 @@ _SEP = "__"
 
 
 def save_golden(path: Path, samples: Sequence[Sample]) -> None:
-    arrays = {}
+    arrays: dict[str, Any] = {}
     for i, (inputs, outputs) in enumerate(samples):
         arrays.update({f"c{i}{_SEP}in{_SEP}{k}": v for k, v in inputs.items()})
         arrays.update({f"c{i}{_SEP}out{_SEP}{k}": v for k, v in outputs.items()})
