@@ -13,7 +13,6 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from modelkiln.errors import ModelkilnError, UserInputError, ValidationError
 
@@ -167,16 +166,15 @@ def export(
         return
     if quiet:
         return
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_row("artifact", f"{result.path}  ({_human_size(result.size_bytes)})")
-    table.add_row("task", f"{summary['task']} on {summary['target']} ({summary['backend']})")
-    table.add_row(
-        "time",
-        "  ".join(f"{k} {v:.1f}s" for k, v in result.times.items())
-        + f"  total {sum(result.times.values()):.1f}s",
-    )
-    table.add_row("validation", summary["validation"])
-    err.print(table)
+    times = "  ".join(f"{k} {v:.1f}s" for k, v in result.times.items())
+    rows = {
+        "artifact": f"{result.path}  ({_human_size(result.size_bytes)})",
+        "task": f"{summary['task']} on {summary['target']} ({summary['backend']})",
+        "time": f"{times}  total {sum(result.times.values()):.1f}s",
+        "validation": summary["validation"],
+    }
+    for key, value in rows.items():
+        err.print(f"{key:<11}{value}", soft_wrap=True, markup=False)
 
 
 def _validation_line(report: dict[str, Any]) -> str:
