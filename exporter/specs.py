@@ -14,18 +14,7 @@ from typing import Any
 import numpy as np
 
 from modelkiln.errors import UnknownTaskError, UserInputError
-
-Axis = int | str
-
-
-@dataclass(frozen=True)
-class InputDecl:
-    name: str
-    dtype: str
-    axes: tuple[Axis, ...]
-    fill: str  # token_ids | mask | zeros | normal | ints | bools
-    low: int = 0
-    high: int = 2
+from modelkiln.feedgen import Axis, InputDecl, generate_feeds
 
 
 @dataclass(frozen=True)
@@ -264,27 +253,4 @@ def for_onnx(model: Any) -> TaskSpec:
 
 def make_inputs(spec: TaskSpec, dims: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:
     """Deterministic inputs for the given named-dim sizes: valid token ids, padded masks."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for decl in spec.inputs:
-        try:
-            shape = tuple(a if isinstance(a, int) else int(dims[a]) for a in decl.axes)
-        except KeyError as exc:
-            raise UserInputError(
-                f"no size given for dimension {exc} of input '{decl.name}'"
-            ) from None
-        value: np.ndarray
-        if decl.fill == "token_ids":
-            value = rng.integers(decl.low, decl.high, size=shape)
-        elif decl.fill == "mask":
-            value = np.ones(shape)
-            if shape[0] > 1 and shape[-1] > 2:
-                value[-1, shape[-1] // 2 :] = 0  # right padding on the last row, as tokenizers do
-        elif decl.fill == "zeros":
-            value = np.zeros(shape)
-        elif decl.fill in ("ints", "bools"):
-            value = rng.integers(decl.low, max(decl.high, decl.low + 1), size=shape)
-        else:
-            value = rng.standard_normal(shape)
-        feeds[decl.name] = value.astype(decl.dtype)
-    return feeds
+    return generate_feeds(spec.inputs, dims, seed)

@@ -99,7 +99,7 @@ def export(
             "opset": _opset(prepared.model),
             "versions": tool_versions(),
             "passes": prepared.passes,
-            "inputs": specs_to_json(_io_specs(prepared.model.graph.inputs)),
+            "inputs": _inputs_json(prepared.model.graph.inputs, spec),
             "outputs": specs_to_json(_io_specs(prepared.model.graph.outputs)),
             "preprocessing": [f.name for f in source.preprocessing],
         }
@@ -221,6 +221,15 @@ def _count_outputs(module: Any, example_inputs: dict[str, Any]) -> int:
 
 def _opset(model: Any) -> int | None:
     return model.opset_imports.get("")
+
+
+def _inputs_json(values: Any, spec: Any) -> dict[str, Any]:
+    """Input specs plus the kind of values each takes, so tools can generate valid feeds."""
+    data = specs_to_json(_io_specs(values))
+    for decl in spec.inputs:
+        if decl.name in data:
+            data[decl.name]["values"] = decl.values_json()
+    return data
 
 
 def _io_specs(values: Any) -> dict[str, TensorSpec]:

@@ -92,8 +92,13 @@ def test_manifest_passes_have_stats(tiny_bert_artifact: Exported) -> None:
 
 def test_manifest_inputs_and_outputs(tiny_bert_artifact: Exported) -> None:
     m = tiny_bert_artifact.manifest
+    values = {
+        "input_ids": {"kind": "token_ids", "low": models.VOCAB_SIZE // 2, "high": models.VOCAB_SIZE},
+        "attention_mask": {"kind": "mask", "low": 0, "high": 2},
+        "token_type_ids": {"kind": "zeros", "low": 0, "high": 2},
+    }
     assert m["inputs"] == {
-        name: {"dtype": "int64", "shape": ["batch", "sequence"]}
+        name: {"dtype": "int64", "shape": ["batch", "sequence"], "values": values[name]}
         for name in ("input_ids", "attention_mask", "token_type_ids")
     }
     assert m["outputs"] == {
@@ -236,6 +241,7 @@ def test_image_classification_vit_export(vit_artifact: Exported) -> None:
         "pixel_values": {
             "dtype": "float32",
             "shape": ["batch", 3, models.IMAGE_SIZE, models.IMAGE_SIZE],
+            "values": {"kind": "normal", "low": 0, "high": 2},
         }
     }
     assert m["outputs"] == {"logits": {"dtype": "float32", "shape": ["batch", models.VIT_LABELS]}}
@@ -251,7 +257,13 @@ def test_module_factory_export(cnn_artifact: Exported) -> None:
     m = cnn_artifact.manifest
     assert m["source"]["kind"] == "factory"
     assert m["source"]["path"] == cnn_artifact.source
-    assert m["inputs"] == {"pixel_values": {"dtype": "float32", "shape": ["batch", 3, 32, 32]}}
+    assert m["inputs"] == {
+        "pixel_values": {
+            "dtype": "float32",
+            "shape": ["batch", 3, 32, 32],
+            "values": {"kind": "normal", "low": 0, "high": 0},
+        }
+    }
     assert m["outputs"] == {"logits": {"dtype": "float32", "shape": ["batch", 5]}}
     assert m["validation"]["passed"] is True
     assert m["preprocessing"] == []
@@ -279,7 +291,13 @@ def test_onnx_source_export(mlp_artifact: Exported) -> None:
     m = mlp_artifact.manifest
     assert m["source"]["kind"] == "onnx"
     assert m["source"]["weights"][0]["sha256"] == sha256(mlp_artifact.source)
-    assert m["inputs"] == {"x": {"dtype": "float32", "shape": ["batch", models.MLP_IN]}}
+    assert m["inputs"] == {
+        "x": {
+            "dtype": "float32",
+            "shape": ["batch", models.MLP_IN],
+            "values": {"kind": "normal", "low": 0, "high": 2},
+        }
+    }
     assert m["outputs"] == {"y": {"dtype": "float32", "shape": ["batch", models.MLP_OUT]}}
     assert m["validation"]["passed"] is True
     assert m["validation"]["reference"].startswith("onnx source")
