@@ -27,6 +27,8 @@ from modelkiln.artifact import sha256_file
 from modelkiln.errors import CheckpointError
 from modelkiln.exporter.safetensors_check import check_safetensors
 
+SAFETENSORS_NAME = "model.safetensors"
+PICKLE_NAME = "pytorch_model.bin"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 PREPROCESSING_FILES = (
     "tokenizer.json",
@@ -79,9 +81,12 @@ class HFCheckpoint:
         transformers.utils.logging.disable_progress_bar()
         transformers.utils.logging.set_verbosity_error()
         cls = getattr(transformers, auto_class)
-        kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
-        if self.pickled:
-            kwargs.update(use_safetensors=False, weights_only=True)
+        kwargs: dict[str, Any] = {
+            "local_files_only": True,
+            "trust_remote_code": False,
+            "use_safetensors": not self.pickled,
+            "weights_only": True,
+        }
         try:
             model, info = cls.from_pretrained(str(self.path), output_loading_info=True, **kwargs)
         except Exception as exc:
@@ -183,15 +188,27 @@ def _load_hf(path: Path, allow_pickle: bool) -> HFCheckpoint:
         raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_path} does not hold a JSON object")
-    weights = _safetensors_files(path)
+    # Exactly the files transformers loads: safetensors first, pickle only when allowed.
+    weights = _weight_files(path, SAFETENSORS_NAME)
     pickled = False
     if weights:
         for w in weights:
             check_safetensors(w)
     else:
-        weights = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        weights = _weight_files(path, PICKLE_NAME)
         if not weights:
-            raise CheckpointError(f"{path} has config.json but no weights (*.safetensors)")
+            found = sorted(
+                p.name for p in path.iterdir() if p.suffix in (".safetensors", *PICKLE_SUFFIXES)
+            )
+            raise CheckpointError(
+                f"{path} has config.json but no weights: no {SAFETENSORS_NAME} (or sharded "
+                f"{SAFETENSORS_NAME}.index.json)"
+                + (
+                    f"; it has {', '.join(found)}, which transformers does not load"
+                    if found
+                    else ""
+                )
+            )
         if not allow_pickle:
             names = ", ".join(p.name for p in weights)
             raise CheckpointError(
@@ -204,20 +221,28 @@ def _load_hf(path: Path, allow_pickle: bool) -> HFCheckpoint:
     return HFCheckpoint(path, config, weights, pickled, preprocessing)
 
 
-def _safetensors_files(path: Path) -> list[Path]:
-    index = path / "model.safetensors.index.json"
+def _weight_files(path: Path, name: str) -> list[Path]:
+    """`name` itself, or the shards its `.index.json` names; empty when neither exists."""
+    index = path / f"{name}.index.json"
     if index.is_file():
         try:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError, AttributeError):
-            raise CheckpointError(f"{index} is not a valid safetensors index") from None
+        except (OSError, ValueError, KeyError, AttributeError, TypeError):
+            raise CheckpointError(f"{index} is not a valid weights index") from None
+        root = path.resolve()
+        for shard in shards:
+            if not isinstance(shard, str) or not (root / shard).resolve().is_relative_to(root):
+                raise CheckpointError(
+                    f"{index} names shard {shard!r}, which is not a file inside {path}"
+                )
         missing = [s for s in shards if not (path / s).is_file()]
         if missing:
             raise CheckpointError(
                 f"{path} is missing shard(s) {', '.join(missing)} named in {index.name}"
             )
         return [path / s for s in shards]
-    return sorted(path.glob("*.safetensors"))
+    single = path / name
+    return [single] if single.is_file() else []
 
 
 def _load_onnx(path: Path) -> OnnxSource:

@@ -123,9 +123,6 @@ def check_output_free(out: Path, force: bool, protected: Path | None = None) -> 
         raise OutputExistsError(f"{out} already exists; pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a folder; choose another output path")
-    blocker = blocking_file(out)
-    if blocker is not None:
-        raise OutputExistsError(f"cannot create {out}: {blocker} is a file, not a folder")
     if protected is not None and protected.exists():
         source, target = protected.resolve(), out.resolve()
         if source == target or target in source.parents:
@@ -133,6 +130,19 @@ def check_output_free(out: Path, force: bool, protected: Path | None = None) -> 
                 f"{out} holds the checkpoint being exported ({protected}); "
                 "choose an output path outside it"
             )
+    resolved = out.resolve()
+    if resolved.parent == resolved or resolved == Path.cwd() or resolved in Path.cwd().parents:
+        raise OutputExistsError(
+            f"{out} is the current folder or one of its parents; name a new folder for the artifact"
+        )
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise OutputExistsError(
+            f"{out} holds files but is not a modelkiln artifact; --force replaces only an "
+            f"earlier artifact (a folder with {MANIFEST}) or an empty folder"
+        )
+    blocker = blocking_file(out)
+    if blocker is not None:
+        raise OutputExistsError(f"cannot create {out}: {blocker} is a file, not a folder")
 
 
 @contextlib.contextmanager
@@ -142,6 +152,7 @@ def staging(out: Path, force: bool = False) -> Iterator[Path]:
     On any error the staging folder (and any parent folder created for it) is removed and
     `out` is left as it was, so a failed export never leaves a half-written artifact behind.
     """
+    out = out.resolve()
     check_output_free(out, force)
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -153,8 +164,13 @@ def staging(out: Path, force: bool = False) -> Iterator[Path]:
         if out.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, trash / out.name)
-            os.replace(stage, out)
-            shutil.rmtree(trash, ignore_errors=True)
+            try:
+                os.replace(stage, out)
+            except OSError:
+                os.replace(trash / out.name, out)  # put the earlier artifact back
+                raise
+            finally:
+                shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(stage, out)
         done = True
