@@ -112,7 +112,7 @@ class FactorySource:
     options: dict[str, Any] = field(default_factory=dict)
     file: Path | None = None
     kind: str = "factory"
-    config: dict[str, Any] = field(default_factory=dict)
+    n_outputs: int = 0
     preprocessing: list[Path] = field(default_factory=list)
 
     @property
@@ -140,7 +140,6 @@ class OnnxSource:
     path: Path
     files: list[Path]
     kind: str = "onnx"
-    config: dict[str, Any] = field(default_factory=dict)
     preprocessing: list[Path] = field(default_factory=list)
 
     @property
@@ -284,34 +283,43 @@ def _load_onnx(path: Path) -> OnnxSource:
     return OnnxSource(path, files)
 
 
+FACTORY_OPTIONS = ("output_names", "dynamic_axes", "atol")
+
+
 def _load_factory(ref: str) -> FactorySource:
     target, _, attr = ref.rpartition(":")
+    if not target or not attr.isidentifier():
+        raise CheckpointError(
+            f"'{ref}' is not a module factory reference; use path/to/file.py:make or pkg.mod:make"
+        )
     file = None
-    if target.endswith(".py"):
-        file = Path(target)
-        if not file.is_file():
-            raise CheckpointError(f"module factory file {file} does not exist")
-        spec = importlib.util.spec_from_file_location(f"_kiln_factory_{file.stem}", file)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        try:
+    try:
+        if target.endswith(".py"):
+            file = Path(target)
+            if not file.is_file():
+                raise CheckpointError(f"module factory file {file} does not exist")
+            spec = importlib.util.spec_from_file_location(f"_kiln_factory_{file.stem}", file)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
             spec.loader.exec_module(module)
-        except Exception as exc:
-            raise CheckpointError(f"importing {file} failed: {type(exc).__name__}: {exc}") from None
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as exc:
-            raise CheckpointError(
-                f"cannot import module '{target}' for factory {ref}: {exc}"
-            ) from None
+        else:
+            # Like `python -m`, resolve packages from the current folder first.
+            sys.path.insert(0, str(Path.cwd()))
+            try:
+                module = importlib.import_module(target)
+            finally:
+                sys.path.remove(str(Path.cwd()))
+    except CheckpointError:
+        raise
+    except (Exception, SystemExit) as exc:
+        raise CheckpointError(f"importing {target} failed: {type(exc).__name__}: {exc}") from None
     make = getattr(module, attr, None)
     if not callable(make):
         raise CheckpointError(f"{target} has no callable '{attr}' (from {ref})")
     try:
         result = make()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise CheckpointError(
             f"calling {attr}() from {target} failed: {type(exc).__name__}: {exc}"
         ) from None
@@ -325,13 +333,91 @@ def _load_factory(ref: str) -> FactorySource:
     net, inputs, *rest = result
     if not isinstance(net, torch.nn.Module):
         raise CheckpointError(f"{ref} returned a {type(net).__name__}, not a torch.nn.Module")
+    _check_example_inputs(ref, inputs)
+    options = rest[0] if rest else {}
+    _check_factory_options(ref, options, inputs)
+    source = FactorySource(ref, net.eval(), inputs, options, file)
+    source.n_outputs = _count_outputs(ref, net, inputs)
+    return source
+
+
+def _check_example_inputs(ref: str, inputs: Any) -> None:
+    import torch
+
     if (
         not isinstance(inputs, dict)
         or not inputs
         or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in inputs.items())
     ):
         raise CheckpointError(f"{ref} must return example inputs as a dict of name -> tensor")
-    options = rest[0] if rest else {}
+    for name, tensor in inputs.items():
+        if tensor.numel() == 0:
+            raise CheckpointError(f"{ref}: example input '{name}' is empty; give real values")
+        try:
+            tensor.detach().cpu().numpy()
+        except (TypeError, RuntimeError):
+            raise CheckpointError(
+                f"{ref}: example input '{name}' has dtype {tensor.dtype}, which numpy cannot "
+                "hold; give float32/float16/int64/int32/bool inputs"
+            ) from None
+
+
+def _check_factory_options(ref: str, options: Any, inputs: dict[str, Any]) -> None:
     if not isinstance(options, dict):
         raise CheckpointError(f"{ref}: options must be a dict, got {type(options).__name__}")
-    return FactorySource(ref, net, inputs, options, file)
+    unknown = sorted(set(options) - set(FACTORY_OPTIONS))
+    if unknown:
+        raise CheckpointError(
+            f"{ref}: unknown option(s) {', '.join(map(str, unknown))}; "
+            f"known: {', '.join(FACTORY_OPTIONS)}"
+        )
+    names = options.get("output_names")
+    if names is not None and (
+        not isinstance(names, list | tuple)
+        or not all(isinstance(n, str) and n for n in names)
+        or len(set(names)) != len(names)
+    ):
+        raise CheckpointError(f"{ref}: output_names must be a list of distinct names")
+    axes = options.get("dynamic_axes")
+    if axes is not None:
+        if not isinstance(axes, dict):
+            raise CheckpointError(f"{ref}: dynamic_axes must map input names to {{axis: name}}")
+        for name, mapping in axes.items():
+            if name not in inputs:
+                raise CheckpointError(
+                    f"{ref}: dynamic_axes names input '{name}'; inputs are {', '.join(inputs)}"
+                )
+            rank = inputs[name].dim()
+            if not isinstance(mapping, dict) or not all(
+                isinstance(a, int) and 0 <= a < rank and isinstance(d, str) and d
+                for a, d in mapping.items()
+            ):
+                raise CheckpointError(
+                    f"{ref}: dynamic_axes['{name}'] must map axes 0..{rank - 1} to dim names"
+                )
+    atol = options.get("atol", 1e-4)
+    if isinstance(atol, bool) or not isinstance(atol, int | float) or not 0 <= atol < float("inf"):
+        raise CheckpointError(f"{ref}: atol must be a finite number >= 0, got {atol!r}")
+
+
+def _count_outputs(ref: str, module: Any, inputs: dict[str, Any]) -> int:
+    import torch
+
+    try:
+        with torch.inference_mode():
+            result = module(**inputs)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{ref}: the module fails on its own example inputs: {type(exc).__name__}: {exc}"
+        ) from None
+    if isinstance(result, torch.Tensor):
+        return 1
+    if (
+        isinstance(result, tuple | list)
+        and result
+        and all(isinstance(t, torch.Tensor) for t in result)
+    ):
+        return len(result)
+    raise CheckpointError(
+        f"{ref}: forward must return a tensor or a tuple of tensors, not {type(result).__name__}"
+    )

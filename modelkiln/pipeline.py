@@ -154,8 +154,7 @@ def _load_source(
         return source, specs.for_onnx(model), model, onnx_runner(source.path)
     if isinstance(source, sources.FactorySource):
         module = source.load_module()
-        n_outputs = _count_outputs(module, source.example_inputs)
-        spec = specs.for_factory(source.example_inputs, source.options, n_outputs)
+        spec = specs.for_factory(source.example_inputs, source.options, source.n_outputs)
         return source, spec, module, torch_runner(module, spec.outputs)
     from modelkiln.exporter.trace import OutputSelector
 
@@ -209,14 +208,6 @@ def _prepare(
     with progress.stage("passes", "simplifying the graph"):
         model, log = simplify(model, dump_dir)
     return Prepared(source, source_info, spec, model, reference, log)
-
-
-def _count_outputs(module: Any, example_inputs: dict[str, Any]) -> int:
-    import torch
-
-    with torch.inference_mode():
-        result = module(**example_inputs)
-    return 1 if isinstance(result, torch.Tensor) else len(result)
 
 
 def _opset(model: Any) -> int | None:
