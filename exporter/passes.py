@@ -13,6 +13,8 @@ from typing import Any
 import onnx_ir as ir
 from onnx_ir.passes import common
 
+from modelkiln.errors import BuildError
+
 
 def count_nodes(model: ir.Model) -> int:
     return sum(1 for _ in model.graph.all_nodes())
@@ -95,7 +97,6 @@ def simplify_passes() -> list[tuple[str, ir.passes.PassBase]]:
         ("common-subexpression-elimination", common.CommonSubexpressionEliminationPass()),
         ("dead-code-elimination", common.RemoveUnusedNodesPass()),
         ("topological-sort", common.TopologicalSortPass()),
-        ("output-fix", common.OutputFixPass()),
     ]
 
 
@@ -114,5 +115,15 @@ def simplify(
             external_data="00-traced.onnx.data",
             size_threshold_bytes=1 << 20,
         )
+    interface = _interface(model)
     result = manager(model)
+    if _interface(result.model) != interface:
+        raise BuildError(
+            f"graph passes changed the model's interface from {interface} to "
+            f"{_interface(result.model)}; this is a modelkiln bug, please report it"
+        )
     return result.model, log
+
+
+def _interface(model: ir.Model) -> tuple[list[str | None], list[str | None]]:
+    return [v.name for v in model.graph.inputs], [v.name for v in model.graph.outputs]

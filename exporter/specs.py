@@ -15,6 +15,7 @@ import numpy as np
 
 from modelkiln.errors import UnknownTaskError, UserInputError
 from modelkiln.feedgen import Axis, InputDecl, generate_feeds
+from modelkiln.tensors import TensorSpec
 
 
 @dataclass(frozen=True)
@@ -224,25 +225,49 @@ def for_factory(
     )
 
 
-def for_onnx(model: Any) -> TaskSpec:
+def tensor_spec_of(value: Any, origin: str = "the model") -> TensorSpec:
+    """Manifest spec of an `onnx_ir.Value`; refuses what the runtime cannot feed or compare."""
+    import onnx_ir as ir
+
+    if not isinstance(value.type, ir.TensorType):
+        raise UserInputError(
+            f"{origin}: '{value.name}' is a {value.type}; modelkiln handles tensors only"
+        )
+    if value.shape is None:
+        raise UserInputError(
+            f"{origin}: '{value.name}' has no known rank; give the graph typed shapes "
+            "(e.g. with onnx.shape_inference) before exporting"
+        )
+    try:
+        dtype = np.dtype(value.dtype.numpy())
+    except (TypeError, ValueError, NotImplementedError):
+        dtype = None
+    if dtype is None or dtype.kind not in "biuf":
+        raise UserInputError(
+            f"{origin}: '{value.name}' has element type {value.dtype}; modelkiln handles "
+            "numeric and bool tensors only"
+        )
+    dims: list[Axis] = []
+    for i, dim in enumerate(value.shape):
+        if isinstance(dim, int):
+            dims.append(dim)
+        else:
+            dims.append(str(dim.value) if dim.value else f"{value.name}_dim{i}")
+    return TensorSpec(dtype.name, tuple(dims))
+
+
+def for_onnx(model: Any, origin: str = "the ONNX model") -> TaskSpec:
     """Spec read from an ONNX graph (an `onnx_ir.Model`): named dims are the dynamic axes."""
     inputs = []
     dims: set[str] = set()
+    for value in model.graph.outputs:
+        tensor_spec_of(value, origin)
     for value in model.graph.inputs:
-        dtype = np.dtype(value.dtype.numpy()).name
-        axes: list[Axis] = []
-        for i, dim in enumerate(value.shape or ()):
-            if isinstance(dim, int):
-                axes.append(dim)
-            else:
-                axes.append(str(dim.value) if dim.value else f"{value.name}_dim{i}")
-                dims.add(str(axes[-1]))
-        fill = (
-            "normal"
-            if np.issubdtype(np.dtype(dtype), np.floating)
-            else ("bools" if dtype == "bool" else "ints")
-        )
-        inputs.append(InputDecl(value.name, dtype, tuple(axes), fill))
+        spec = tensor_spec_of(value, origin)
+        dims.update(d for d in spec.shape if isinstance(d, str))
+        kind = np.dtype(spec.dtype).kind
+        fill = "normal" if kind == "f" else ("bools" if kind == "b" else "ints")
+        inputs.append(InputDecl(value.name, spec.dtype, spec.shape, fill))
     return TaskSpec(
         task="custom",
         inputs=tuple(inputs),

@@ -148,10 +148,13 @@ def _load_source(
     source = sources.load(checkpoint, allow_pickle=allow_pickle)
     if isinstance(source, sources.OnnxSource):
         import onnx_ir as ir
+        from onnx_ir.passes.common import RemoveInitializersFromInputsPass
 
         model = ir.load(source.path)
         ir.external_data.load_to_model(model)  # in memory: the artifact must not point back
-        return source, specs.for_onnx(model), model, onnx_runner(source.path)
+        RemoveInitializersFromInputsPass()(model)  # weights listed as inputs (old exporters)
+        spec = specs.for_onnx(model, origin=str(source.path))
+        return source, spec, model, onnx_runner(source.path)
     if isinstance(source, sources.FactorySource):
         module = source.load_module()
         spec = specs.for_factory(source.example_inputs, source.options, source.n_outputs)
@@ -224,15 +227,6 @@ def _inputs_json(values: Any, spec: Any) -> dict[str, Any]:
 
 
 def _io_specs(values: Any) -> dict[str, TensorSpec]:
-    import numpy as np
+    from modelkiln.exporter.specs import tensor_spec_of
 
-    specs = {}
-    for value in values:
-        dims: list[int | str] = []
-        for i, dim in enumerate(value.shape or ()):
-            if isinstance(dim, int):
-                dims.append(dim)
-            else:
-                dims.append(str(dim.value) if dim.value else f"{value.name}_dim{i}")
-        specs[value.name] = TensorSpec(np.dtype(value.dtype.numpy()).name, tuple(dims))
-    return specs
+    return {value.name: tensor_spec_of(value) for value in values}
