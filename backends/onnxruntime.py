@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelkiln.errors import BackendUnavailable, BuildError, UserInputError
+from modelkiln.errors import (
+    BackendUnavailable,
+    BuildError,
+    InferenceError,
+    UserInputError,
+    first_line,
+)
 from modelkiln.runtime import Session
 
 if TYPE_CHECKING:
@@ -50,6 +56,12 @@ class OnnxRuntimeBackend:
             raise UserInputError(
                 f"target '{target.name}': graph_optimization_level '{level}' is not one of "
                 f"{', '.join(LEVELS)}"
+            )
+        threshold = target.options.get("external_data_threshold_bytes", 0)
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
+            raise UserInputError(
+                f"target '{target.name}': external_data_threshold_bytes must be a whole number "
+                f"of bytes >= 0, got {threshold!r}"
             )
         if target.precision != "fp32":
             raise UserInputError(
@@ -134,10 +146,17 @@ class OnnxRuntimeSession(Session):
                 str(artifact.file("model")), opts, providers=providers
             )
         except Exception as exc:  # ORT raises its own exception types per failure
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BuildError(f"onnxruntime cannot load {artifact.file('model')}: {first}") from None
+            raise BuildError(
+                f"onnxruntime cannot load {artifact.file('model')}: {first_line(exc)}"
+            ) from None
         self._output_names = [o.name for o in self._session.get_outputs()]
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self._session.run(self._output_names, feeds)
+        try:
+            values = self._session.run(self._output_names, feeds)
+        except Exception as exc:  # ORT raises its own exception types per failure
+            shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
+            raise InferenceError(
+                f"onnxruntime failed running {self.artifact.path} on {shapes}: {first_line(exc)}"
+            ) from None
         return dict(zip(self._output_names, values, strict=True))

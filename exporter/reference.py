@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from modelkiln.compare import compare_outputs, summarize
+from modelkiln.errors import CheckpointError, ExportError, first_line
 from modelkiln.exporter.specs import TaskSpec, make_inputs
 
 Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
@@ -19,8 +20,14 @@ def torch_runner(module: Any, outputs: Sequence[str]) -> Runner:
 
     def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         kwargs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
-        with torch.inference_mode():
-            result = module(**kwargs)
+        try:
+            with torch.inference_mode():
+                result = module(**kwargs)
+        except Exception as exc:
+            raise ExportError(
+                f"the PyTorch reference failed on generated inputs {_shapes(feeds)}: "
+                f"{type(exc).__name__}: {first_line(exc)}"
+            ) from exc
         if isinstance(result, torch.Tensor):
             result = (result,)
         return {name: t.detach().cpu().numpy() for name, t in zip(outputs, result, strict=True)}
@@ -35,13 +42,26 @@ def onnx_runner(path: Path) -> Runner:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise CheckpointError(f"onnxruntime cannot load {path}: {first_line(exc)}") from None
     names = [o.name for o in session.get_outputs()]
 
     def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(names, session.run(names, dict(feeds)), strict=True))
+        try:
+            return dict(zip(names, session.run(names, dict(feeds)), strict=True))
+        except Exception as exc:
+            raise CheckpointError(
+                f"{path} fails in onnxruntime on generated inputs {_shapes(feeds)}: "
+                f"{first_line(exc)}"
+            ) from None
 
     return run
+
+
+def _shapes(feeds: Mapping[str, np.ndarray]) -> str:
+    return ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
 
 
 def validate(

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from modelkiln.artifact import sha256_file
-from modelkiln.errors import CheckpointError
+from modelkiln.errors import CheckpointError, first_line
 from modelkiln.exporter.safetensors_check import check_safetensors
 
 SAFETENSORS_NAME = "model.safetensors"
@@ -90,9 +90,8 @@ class HFCheckpoint:
         try:
             model, info = cls.from_pretrained(str(self.path), output_loading_info=True, **kwargs)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise CheckpointError(
-                f"transformers cannot load {self.path} as {auto_class}: {first}"
+                f"transformers cannot load {self.path} as {auto_class}: {first_line(exc)}"
             ) from None
         missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
         if missing:

@@ -6,14 +6,13 @@ import contextlib
 import inspect
 import io
 import logging
-import re
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from modelkiln.errors import ExportError
+from modelkiln.errors import ExportError, first_line
 from modelkiln.exporter.specs import TaskSpec
 
 OPSET = 18
@@ -70,11 +69,6 @@ def root_cause(exc: BaseException) -> BaseException:
         exc = exc.__cause__
         seen.add(id(exc))
     return exc
-
-
-def first_line(exc: BaseException) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-    return text.splitlines()[0] if text else "(no message)"
 
 
 def trace(module: Any, spec: TaskSpec, inputs: Mapping[str, np.ndarray], model_type: str) -> Any:

@@ -45,19 +45,23 @@ def compare_outputs(
             mismatches = int(np.count_nonzero(ref != got))
             results[name] = {"mismatches": mismatches, "passed": mismatches == 0}
             continue
-        finite = bool(np.isfinite(got).all() == np.isfinite(ref).all())
-        diff = (
-            float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64))))
-            if ref.size
-            else 0.0
+        # Non-finite values must sit at the same places with the same values (NaN = NaN);
+        # the numeric difference is taken over the places where both are finite.
+        ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+        ref_ok, got_ok = np.isfinite(ref64), np.isfinite(got64)
+        same_special = (ref_ok == got_ok) & (
+            ref_ok | (np.isnan(ref64) & np.isnan(got64)) | (ref64 == got64)
         )
+        special_mismatches = int(np.count_nonzero(~same_special))
+        both = ref_ok & got_ok
+        diff = float(np.max(np.abs(ref64[both] - got64[both]))) if both.any() else 0.0
         entry: dict[str, Any] = {"max_abs_diff": diff, "atol": atol}
-        passed = finite and diff <= atol
+        passed = special_mismatches == 0 and diff <= atol
         if min_cos is not None and ref.ndim >= 2:
-            entry["cosine_min"] = cosine_min(ref, got)
+            entry["cosine_min"] = cosine_min(np.where(both, ref64, 0.0), np.where(both, got64, 0.0))
             passed = passed and entry["cosine_min"] >= float(min_cos)
-        if not finite:
-            entry["problem"] = "non-finite values differ from the reference"
+        if special_mismatches:
+            entry["problem"] = f"{special_mismatches} non-finite value(s) differ from the reference"
         entry["passed"] = passed
         results[name] = entry
     return results

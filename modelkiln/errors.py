@@ -7,6 +7,7 @@ and surfaces as a traceback so it gets fixed.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -60,6 +61,10 @@ class BuildError(ModelkilnError):
     pass
 
 
+class InferenceError(ModelkilnError):
+    """The backend failed while running feeds that passed the manifest checks."""
+
+
 class ValidationError(ModelkilnError):
     """Outputs differ from the reference; `report` holds every comparison made.
 
@@ -72,3 +77,9 @@ class ValidationError(ModelkilnError):
         self.report = report or {}
         failures = self.report.get("failures") or []
         super().__init__(f"{headline}: {'; '.join(failures)}" if failures else headline)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, without terminal colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

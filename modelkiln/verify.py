@@ -7,7 +7,7 @@ from typing import Any
 
 from modelkiln.artifact import GOLDEN, Artifact, verify_files
 from modelkiln.compare import compare_outputs, summarize
-from modelkiln.errors import ModelkilnError
+from modelkiln.errors import BuildError, InferenceError
 from modelkiln.golden import load_golden
 
 FRESH_DIMS = ({"batch": 2, "sequence": 23}, {"batch": 4, "sequence": 61})
@@ -34,28 +34,33 @@ def verify_artifact(
 
     try:
         session = load(artifact.path)
-    except ModelkilnError as exc:
+    except BuildError as exc:  # missing backends or providers propagate: exit 2, not a failure
         checks["load"] = {"passed": False, "problems": [str(exc)]}
         report["passed"] = False
         return report
     checks["load"] = {"passed": True}
     tolerance = artifact.manifest.get("validation", {}).get("tolerance") or {"atol": 1e-4}
     golden = artifact.path / GOLDEN
+    skipped = artifact.manifest.get("validation", {}).get("skipped")
     if golden.is_file():
         results = []
         for inputs, expected in load_golden(golden):
             dims = {n: list(v.shape) for n, v in inputs.items()}
-            results.append(
-                {
-                    "dims": {"shapes": dims},
-                    "outputs": compare_outputs(expected, session.run(inputs), tolerance),
-                }
-            )
+            try:
+                outputs = compare_outputs(expected, session.run(inputs), tolerance)
+            except InferenceError as exc:
+                outputs = {n: {"passed": False, "problem": str(exc)} for n in expected}
+            results.append({"dims": {"shapes": dims}, "outputs": outputs})
         checks["golden"] = summarize(results, tolerance)
-    else:
+    elif skipped:
         checks["golden"] = {
             "passed": True,
             "skipped": "artifact has no golden.npz (exported with --no-validate)",
+        }
+    else:
+        checks["golden"] = {
+            "passed": False,
+            "problems": [f"{GOLDEN} is missing, although the manifest records a validation"],
         }
     if reference is not None:
         checks["reference"] = _fresh_reference(artifact, session, reference, allow_pickle)

@@ -41,6 +41,7 @@ class Target:
             "backend": self.backend,
             "device": self.device,
             "precision": self.precision,
+            "description": self.description,
             "shapes": {k: vars(v) for k, v in self.shapes.items()},
             "options": dict(self.options),
         }
@@ -60,7 +61,11 @@ def load_target(name_or_path: str) -> Target:
         path = Path(name_or_path)
         if not path.is_file():
             raise UnknownTargetError(f"target file {path} does not exist")
-        return _parse(path.read_text(), str(path), default_name=path.stem)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserInputError(f"cannot read target file {path}: {exc}") from None
+        return _parse(text, str(path), default_name=path.stem)
     if name_or_path not in preset_names():
         raise UnknownTargetError(
             f"unknown target '{name_or_path}'; built-in targets: {', '.join(preset_names())} "
@@ -88,6 +93,9 @@ def _parse(text: str, origin: str, default_name: str) -> Target:
         raise UserInputError(
             f"target {origin}: unknown precision '{precision}'; one of {', '.join(PRECISIONS)}"
         )
+    for table in ("shapes", "options"):
+        if not isinstance(data.get(table, {}), dict):
+            raise UserInputError(f"target {origin}: '{table}' must be a table, like [{table}]")
     shapes = {}
     for dim, rng in data.get("shapes", {}).items():
         try:

@@ -100,12 +100,37 @@ def test_export_json_summary(mlp_artifact: Exported) -> None:
 def test_force_replaces_an_existing_artifact(mlp_onnx: Path, tmp_path: Path) -> None:
     out = tmp_path / "art"
     out.mkdir()
+    (out / "kiln.json").write_text("{}")  # an earlier artifact
     (out / "stale.txt").write_text("old")
     result = run_kiln("export", mlp_onnx, "-o", out, "--force", "-q")
     assert result.exit_code == 0, result.stderr
     assert not (out / "stale.txt").exists()
     models.check_mlp(modelkiln.load(out))
     assert [p.name for p in tmp_path.iterdir()] == ["art"]
+
+
+def test_force_never_replaces_a_folder_that_is_not_an_artifact(
+    mlp_onnx: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "chapter1.tex").write_text("precious")
+    result = run_kiln("export", mlp_onnx, "-o", out, "--force")
+    assert result.exit_code == 2
+    assert "not a modelkiln artifact" in result.stderr
+    assert (out / "chapter1.tex").read_text() == "precious"
+
+
+@pytest.mark.parametrize("relative", [".", "sub/.."])
+def test_output_naming_the_current_folder_is_refused(
+    mlp_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relative: str
+) -> None:
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    result = run_kiln("export", mlp_onnx, "-o", relative, "--force")
+    assert result.exit_code == 2
+    assert "current folder" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
 
 
 def test_export_with_a_target_toml_file(mlp_onnx: Path, tmp_path: Path) -> None:
