@@ -26,6 +26,7 @@ from typing import Any
 from modelkiln.artifact import sha256_file
 from modelkiln.errors import CheckpointError, first_line
 from modelkiln.exporter.safetensors_check import check_safetensors
+from modelkiln.onnx_proto import iter_graphs, load_proto
 
 SAFETENSORS_NAME = "model.safetensors"
 PICKLE_NAME = "pytorch_model.bin"
@@ -248,15 +249,10 @@ def _load_onnx(path: Path) -> OnnxSource:
         raise CheckpointError(f"{path} does not exist")
     import onnx
 
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable ONNX model: {exc}") from None
+    proto = load_proto(path, CheckpointError)
     root = path.parent.resolve()
     files = [path]
-    graphs = [proto.graph]
-    while graphs:
-        graph = graphs.pop()
+    for graph in iter_graphs(proto.graph):
         for tensor in graph.initializer:
             if tensor.data_location != onnx.TensorProto.EXTERNAL:
                 continue
@@ -274,11 +270,6 @@ def _load_onnx(path: Path) -> OnnxSource:
                 )
             if target not in files:
                 files.append(target)
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    graphs.append(attr.g)
-                graphs.extend(attr.graphs)
     return OnnxSource(path, files)
 
 

@@ -26,10 +26,6 @@ class Tolerance:
     def to_json(self) -> dict[str, Any]:
         return {"atol": self.atol, "min_cosine": self.min_cosine}
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Tolerance:
-        return cls(atol=float(data["atol"]), min_cosine=data.get("min_cosine"))
-
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -39,7 +35,6 @@ class TaskSpec:
     tolerance: Tolerance
     trace_dims: Mapping[str, int]
     check_dims: tuple[Mapping[str, int], ...]
-    auto_class: str | None = None
     limits: Mapping[str, int] = field(default_factory=dict)  # largest size per named dim
 
     def fit(self, dims: Mapping[str, int]) -> dict[str, int]:
@@ -124,7 +119,7 @@ def _text_spec(config: Mapping[str, Any], task: str, forward_args: set[str]) -> 
             f"task '{task}' does not fit text model type {config.get('model_type')}; "
             f"text tasks: {', '.join(TEXT_TASKS)}"
         )
-    auto_class, outputs = TEXT_TASKS[task]
+    outputs = TEXT_TASKS[task][1]
     axes = ("batch", "sequence")
     vocab = int(config["vocab_size"])
     inputs = [
@@ -156,7 +151,6 @@ def _text_spec(config: Mapping[str, Any], task: str, forward_args: set[str]) -> 
         tolerance=Tolerance(atol=1e-4, min_cosine=0.9999 if task == "feature-extraction" else None),
         trace_dims={"batch": 2, "sequence": min(8, longest)},
         check_dims=checks,
-        auto_class=auto_class,
         limits=limits,
     )
 
@@ -167,7 +161,7 @@ def _image_spec(config: Mapping[str, Any], task: str) -> TaskSpec:
             f"task '{task}' does not fit image model type {config.get('model_type')}; "
             f"image tasks: {', '.join(IMAGE_TASKS)}"
         )
-    auto_class, outputs = IMAGE_TASKS[task]
+    outputs = IMAGE_TASKS[task][1]
     size = config.get("image_size", 224)
     height, width = (size, size) if isinstance(size, int) else (size[0], size[1])
     channels = int(config.get("num_channels", 3))
@@ -181,7 +175,6 @@ def _image_spec(config: Mapping[str, Any], task: str) -> TaskSpec:
         tolerance=Tolerance(atol=1e-4, min_cosine=0.9999 if task == "feature-extraction" else None),
         trace_dims={"batch": 2},
         check_dims=BATCH_CHECK_DIMS,
-        auto_class=auto_class,
     )
 
 

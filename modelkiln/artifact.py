@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelkiln.errors import ArtifactError, OutputExistsError
+from modelkiln.errors import ArtifactError, OutputExistsError, UserInputError
 from modelkiln.tensors import TensorSpec, specs_from_json
 
 MANIFEST = "kiln.json"
@@ -112,6 +112,24 @@ def write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
 def blocking_file(path: Path) -> Path | None:
     """The existing file among `path`'s parents that keeps `path` from being created, if any."""
     return next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+
+
+def check_side_path(path: Path, artifact: Path, flag: str, folder: bool) -> None:
+    """Refuse a path for extra output (pass dumps, reports) that is unusable or inside
+    the artifact, whose folder holds only what its manifest lists."""
+    if folder and path.exists() and not path.is_dir():
+        raise UserInputError(f"{flag} {path} is a file; give a folder")
+    if not folder and path.is_dir():
+        raise UserInputError(f"{flag} {path} is a folder; give a file path")
+    blocker = blocking_file(path)
+    if blocker is not None:
+        raise UserInputError(f"cannot create {flag} {path}: {blocker} is a file")
+    root, target = artifact.resolve(), path.resolve()
+    if target == root or root in target.parents:
+        raise UserInputError(
+            f"{flag} {path} is inside the artifact {artifact}, which holds only what its "
+            "manifest lists; write it elsewhere"
+        )
 
 
 def check_output_free(out: Path, force: bool, protected: Path | None = None) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 
 from modelkiln.artifact import MANIFEST, Artifact
 from modelkiln.errors import ArtifactError
+from modelkiln.onnx_proto import iter_graphs, load_proto
 
 
 def describe(path: str | Path) -> dict[str, Any]:
@@ -63,26 +64,12 @@ def _validation_summary(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _graph_stats(path: Path) -> dict[str, Any]:
-    import onnx
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ArtifactError(f"{path} is not a readable ONNX model: {exc}") from None
+    proto = load_proto(path, ArtifactError)
     ops: Counter[str] = Counter()
-    graphs = [proto.graph]
-    while graphs:
-        g = graphs.pop()
-        for node in g.node:
-            ops[
-                f"{node.domain}::{node.op_type}"
-                if node.domain not in ("", "ai.onnx")
-                else node.op_type
-            ] += 1
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    graphs.append(attr.g)
-                graphs.extend(attr.graphs)
+    for graph in iter_graphs(proto.graph):
+        for node in graph.node:
+            domain = node.domain if node.domain not in ("", "ai.onnx") else ""
+            ops[f"{domain}::{node.op_type}" if domain else node.op_type] += 1
     params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
     init_names = {t.name for t in proto.graph.initializer}
     return {
@@ -98,9 +85,15 @@ def _graph_stats(path: Path) -> dict[str, Any]:
 def _value_info(value: Any) -> dict[str, Any]:
     import onnx
 
+    kind = value.type.WhichOneof("value")
+    if kind != "tensor_type":
+        return {"dtype": kind or "unknown", "shape": None}
     tensor = value.type.tensor_type
     dims = [
         d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim
     ]
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
-    return {"dtype": dtype, "shape": dims}
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+    except (KeyError, TypeError, ValueError):
+        dtype = onnx.TensorProto.DataType.Name(tensor.elem_type).lower()
+    return {"dtype": dtype, "shape": dims if tensor.HasField("shape") else None}

@@ -17,14 +17,14 @@ from modelkiln.artifact import (
     GOLDEN,
     SCHEMA_VERSION,
     Artifact,
-    blocking_file,
     check_output_free,
+    check_side_path,
     file_entries,
     staging,
     write_manifest,
 )
 from modelkiln.backends import get_backend
-from modelkiln.errors import UserInputError, ValidationError
+from modelkiln.errors import ValidationError
 from modelkiln.golden import save_golden
 from modelkiln.progress import Progress
 from modelkiln.targets import Target, load_target
@@ -74,7 +74,7 @@ def export(
     check_output_free(out, force, protected=_checkpoint_path(str(checkpoint)))
     dump_dir = Path(dump_passes) if dump_passes else None
     if dump_dir is not None:
-        _check_dump_dir(dump_dir, out)
+        check_side_path(dump_dir, out, "--dump-passes", folder=True)
     check_task(task)
     tgt = load_target(target) if isinstance(target, str) else target
     backend = get_backend(tgt.backend)
@@ -173,20 +173,6 @@ def _checkpoint_path(checkpoint: str) -> Path:
     if not path.exists() and ":" in checkpoint:
         return Path(checkpoint.rpartition(":")[0])
     return path
-
-
-def _check_dump_dir(dump_dir: Path, out: Path) -> None:
-    if dump_dir.exists() and not dump_dir.is_dir():
-        raise UserInputError(f"--dump-passes {dump_dir} is a file; give a folder")
-    blocker = blocking_file(dump_dir)
-    if blocker is not None:
-        raise UserInputError(f"cannot create --dump-passes {dump_dir}: {blocker} is a file")
-    target, dump = out.resolve(), dump_dir.resolve()
-    if dump == target or target in dump.parents:
-        raise UserInputError(
-            f"--dump-passes {dump_dir} is inside the output folder {out}; the artifact holds "
-            "only what it lists, so write the dumps elsewhere"
-        )
 
 
 def _prepare(

@@ -33,7 +33,3 @@ class Progress:
             self.times[key] = self.times.get(key, 0.0) + time.perf_counter() - start
         if not self.quiet:
             self.console.print(f"[green]✓[/] {label} [dim]{self.times[key]:.1f}s[/]")
-
-    def note(self, text: str) -> None:
-        if not self.quiet:
-            self.console.print(text)
