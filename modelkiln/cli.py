@@ -14,7 +14,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from modelkiln.errors import ModelkilnError, UserInputError, ValidationError
+from modelkiln.errors import ModelkilnError, ValidationError
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -216,14 +216,9 @@ def validate(
     from modelkiln.verify import verify_artifact
 
     if junit is not None:
-        from modelkiln.artifact import blocking_file
+        from modelkiln.artifact import check_side_path
 
-        blocker = blocking_file(junit)
-        if junit.is_dir() or blocker is not None:
-            raise UserInputError(
-                f"cannot write --junit {junit}: "
-                + (f"{blocker} is a file" if blocker else "it is a folder")
-            )
+        check_side_path(junit, artifact, "--junit", folder=False)
     report = verify_artifact(artifact, reference=reference, allow_pickle=allow_pickle)
     if junit is not None:
         from modelkiln.junit import write_junit
@@ -271,7 +266,8 @@ def inspect(path: Path, as_json: bool) -> None:
     for title in ("inputs", "outputs"):
         out.print(f"{title}:")
         for name, spec in info[title].items():
-            dims = ", ".join(str(d) for d in spec["shape"])
+            shape = spec["shape"]
+            dims = "unknown rank" if shape is None else ", ".join(str(d) for d in shape)
             out.print(f"  {name}: {spec['dtype']}[{dims}]", markup=False)
     graph = info.get("graph")
     if graph:
