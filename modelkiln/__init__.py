@@ -41,6 +41,14 @@ def export(checkpoint: str | Path, output: str | Path, **options: Any) -> Export
     return _export(checkpoint, output, **options)
 
 
+def bench(artifacts: Any, **options: Any) -> dict[str, Any]:
+    """Latency, throughput and memory of artifacts (and a PyTorch baseline); returns what
+    `kiln bench --json` writes. See `modelkiln.bench.bench` for options."""
+    from modelkiln.bench import bench as _bench  # makes `modelkiln.bench` the (callable) module
+
+    return _bench(artifacts, **options)
+
+
 __all__ = [
     "BackendUnavailable",
     "CheckpointError",
@@ -51,6 +59,7 @@ __all__ = [
     "TensorSpec",
     "UserInputError",
     "ValidationError",
+    "bench",
     "export",
     "load",
 ]

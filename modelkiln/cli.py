@@ -312,3 +312,8 @@ def run() -> None:
 
 if __name__ == "__main__":
     run()
+
+
+from modelkiln.cli_bench import bench  # noqa: E402
+
+main.add_command(bench)

@@ -1,0 +1,287 @@
+"""`kiln bench` / `modelkiln.bench()`: latency, throughput and memory of artifacts, side by
+side with the PyTorch model they came from.
+
+Fairness, in one process and one run:
+
+- Feeds are generated once per size from the first artifact's manifest (token ids inside
+  the vocabulary, attention masks of ones, images of the declared size) before anything is
+  loaded; the baseline gets the very same arrays.
+- Every subject runs with the same number of intra-op threads (`threads`, default: the
+  cores this process may use): ONNX Runtime through `load(..., threads=)`, PyTorch through
+  `torch.set_num_threads`.
+- Configurations are measured in interleaved rounds (see `modelkiln.bench_measure`), so
+  noise on the machine hits all of them, and the spread between rounds is reported.
+
+Order of work: check everything that can be wrong (paths, backends, sizes) before loading
+anything; generate feeds; load the baseline (PyTorch is imported only then, and only when a
+baseline is given), then each artifact, each followed by one run per configuration in
+ascending size (its peak memory; this run counts as the first warm-up); the remaining
+warm-up runs; the measured rounds. Library imports are timed apart from loading (`import_s`)
+so `load_s` is the model's own load time.
+
+The returned dict is what `kiln bench --json` writes; `modelkiln.bench_report` renders it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import sys
+import types
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modelkiln import bench_load as load_mod
+from modelkiln import bench_plan as plan
+from modelkiln.artifact import Artifact
+from modelkiln.bench_load import BASELINE_ID
+from modelkiln.bench_measure import (
+    Config,
+    OtherLoad,
+    PeakMeter,
+    mb,
+    measure,
+    rss,
+    summarize,
+    warm_up,
+)
+from modelkiln.errors import UserInputError
+
+SCHEMA = "modelkiln.bench/1"
+BUSY_CORES = 0.2  # other processes' average CPU use above which the report warns
+FIELDS = {
+    "latency_ms": "milliseconds per run (one call with a whole batch), percentiles over every "
+    "timed run of every round",
+    "throughput_items_per_s": "batch rows per second: batch × runs / total time of the runs",
+    "rounds": "per-round median latency, runs per round, and their spread: "
+    "(max - min) / median of the round medians, in percent",
+    "peak_rss_mb": "highest resident memory of the process during the first run of this "
+    "configuration, minus the resident memory before its subject was loaded (MiB); Linux "
+    "VmHWM, reset before each step. Approximate: allocators reuse memory freed by others",
+    "load_s": "seconds to load the model (libraries already imported; see import_s)",
+    "load_rss_mb": "resident memory added by loading the model (MiB)",
+    "process_rss_mb": "resident memory of the whole process at the end, everything loaded",
+    "speedup_p50": "baseline p50 latency / artifact p50 latency (above 1: artifact faster)",
+    "throughput_ratio": "artifact throughput / baseline throughput",
+    "other_processes_cpu_cores": "average CPU use of other processes during the measured "
+    "rounds, in cores (/proc/stat busy time minus this process's CPU time, per wall second)",
+    "max_abs_diff": "largest absolute difference between artifact and baseline outputs on the "
+    "first configuration (a check that the baseline is the same model)",
+}
+
+
+@dataclass
+class _Subject:
+    id: str
+    info: dict[str, Any]
+    dims: list[dict[str, int]]
+    feeds: list[dict[str, np.ndarray]]
+    run: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+    configs: list[Config] = field(default_factory=list)
+
+
+def bench(
+    artifacts: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    baseline: str | None = None,
+    batch: Sequence[int] | None = None,
+    seq: Sequence[int] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    threads: int | None = None,
+    warmup: int = 2,
+    rounds: int = 5,
+    min_time: float = 3.0,
+    seed: int = 0,
+    allow_pickle: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Measure each artifact (and `baseline`, a checkpoint run in PyTorch eager) at every
+    combination of `batch` and `seq` sizes; returns the report `kiln bench --json` writes.
+
+    `min_time` is the measured time per configuration, split over `rounds`; `warmup` untimed
+    runs per configuration come first (at least one). Only the ONNX Runtime and numpy are
+    imported unless `baseline` is given.
+    """
+    if isinstance(artifacts, str | os.PathLike):
+        artifacts = [artifacts]
+    say = progress or (lambda _msg: None)
+    load_mod.check_numbers(threads, warmup, rounds, min_time)
+    if not artifacts:
+        raise UserInputError("give at least one artifact to bench")
+    opened = [Artifact.open(p) for p in artifacts]
+    labels = [str(p) for p in artifacts]
+    import_s = {
+        label: load_mod.prepare_backend(a, label) for a, label in zip(opened, labels, strict=True)
+    }
+    if seq is not None:
+        plan.check_seq_used(
+            (lb, a.manifest["inputs"]) for lb, a in zip(labels, opened, strict=True)
+        )
+    if baseline is not None:
+        load_mod.check_checkpoint(baseline)
+    threads = threads or load_mod.usable_cores()
+    notes: list[str] = []
+    subjects = []
+    for art, label in zip(opened, labels, strict=True):
+        inputs = art.manifest["inputs"]
+        dims = plan.plan_dims(
+            label, inputs, batch, seq, shapes or {}, plan.sequence_limit(art.path)
+        )
+        decls, guessed = plan.bench_decls(inputs)
+        notes += [f"{label}: {n}" for n in guessed]
+        feeds = [plan.make_feeds(decls, d, seed) for d in dims]
+        subjects.append(
+            _Subject(label, load_mod.artifact_info(art, label, import_s[label]), dims, feeds)
+        )
+
+    meter = PeakMeter()
+    if baseline is not None:
+        first = subjects[0]
+        base = _Subject(BASELINE_ID, {}, first.dims, first.feeds)
+        say(f"loading baseline {baseline} (PyTorch)")
+        base.info, base.run = load_mod.load_baseline(
+            baseline, opened[0], first.id, threads, allow_pickle, meter
+        )
+        _probe(base, meter, say)
+        subjects.insert(0, base)
+    for subject, art in zip(subjects[1:] if baseline else subjects, opened, strict=True):
+        say(f"loading {subject.id}")
+        subject.run, stats = load_mod.load_artifact(art, subject.id, threads, meter)
+        subject.info |= stats
+        _probe(subject, meter, say)
+
+    configs = [c for s in subjects for c in s.configs]
+    if warmup > 1:
+        warm_up(configs, warmup - 1, say)
+    say(f"measuring {len(configs)} configurations in {rounds} interleaved rounds")
+    other_load = OtherLoad()
+    other_load.start()
+    wall = measure(configs, rounds, min_time, seed, say)
+    others = other_load.stop()
+    if others is not None and others >= BUSY_CORES:
+        notes.append(
+            f"other processes kept {others:.2f} of {load_mod.usable_cores()} cores busy on average "
+            "while this measured; the figures are slower and noisier than on a quiet machine"
+        )
+
+    results = []
+    for config in configs:
+        row = {"subject": config.subject, "dims": dict(config.dims)}
+        row["batch"] = config.dims.get(plan.BATCH)
+        row["sequence"] = config.dims.get(plan.SEQUENCE)
+        results.append(row | summarize(config))
+    return {
+        "schema": SCHEMA,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "machine": load_mod.machine_info(),
+        "settings": {
+            "threads": threads,
+            "warmup": max(warmup, 1),
+            "rounds": rounds,
+            "min_time_s": min_time,
+            "batch": sorted({d.get(plan.BATCH, 1) for s in subjects for d in s.dims}),
+            "sequence": sorted(
+                {d[plan.SEQUENCE] for s in subjects for d in s.dims if plan.SEQUENCE in d}
+            ),
+            "shapes": {k: list(v) for k, v in (shapes or {}).items()},
+            "seed": seed,
+            "attention_mask": "all ones",
+            "measured_wall_s": round(wall, 2),
+            "peak_method": meter.method,
+            "other_processes_cpu_cores": others,
+        },
+        "subjects": [s.info for s in subjects],
+        "results": results,
+        "comparisons": _comparisons(subjects, results) if baseline is not None else [],
+        "process_rss_mb": mb(rss()),
+        "notes": notes,
+        "fields": FIELDS,
+    }
+
+
+def _probe(subject: _Subject, meter: PeakMeter, say: Callable[[str], None]) -> None:
+    """First run of each configuration, smallest first: peak memory, and outputs of the
+    first configuration for comparing with the baseline."""
+    assert subject.run is not None
+    base = int(subject.info.pop("_base"))
+    order = sorted(range(len(subject.dims)), key=lambda i: np.prod(list(subject.dims[i].values())))
+    for i in order:
+        run, feeds = subject.run, subject.feeds[i]
+        config = Config(
+            subject.id,
+            subject.dims[i],
+            plan.items_per_run(subject.dims[i]),
+            lambda run=run, feeds=feeds: run(feeds),
+        )
+        meter.start()
+        outputs = config.run()
+        peak = meter.peak_since_start()
+        config.peak_rss = None if peak is None else peak - base
+        if i == 0:
+            config.first_outputs = outputs
+        subject.configs.append(config)
+    subject.configs.sort(key=lambda c: subject.dims.index(c.dims))
+    say(f"  {subject.id}: loaded in {subject.info['load_s']:.2f}s")
+
+
+def _comparisons(subjects: list[_Subject], results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_key = {(r["subject"], plan.dims_label(r["dims"])): r for r in results}
+    base = subjects[0]
+    reference = base.configs[0].first_outputs
+    rows = []
+    for subject in subjects[1:]:
+        diff = _max_abs_diff(reference, subject.configs[0].first_outputs)
+        same_feeds = (
+            bool(subject.dims)
+            and subject.dims[0] == base.dims[0]
+            and all(np.array_equal(v, base.feeds[0].get(k)) for k, v in subject.feeds[0].items())
+        )
+        for dims in subject.dims:
+            key = plan.dims_label(dims)
+            ours, theirs = by_key.get((subject.id, key)), by_key.get((BASELINE_ID, key))
+            if ours is None or theirs is None:
+                continue
+            rows.append(
+                {
+                    "subject": subject.id,
+                    "baseline": BASELINE_ID,
+                    "dims": dict(dims),
+                    "batch": dims.get(plan.BATCH),
+                    "sequence": dims.get(plan.SEQUENCE),
+                    "speedup_p50": round(
+                        theirs["latency_ms"]["p50"] / ours["latency_ms"]["p50"], 3
+                    ),
+                    "throughput_ratio": round(
+                        ours["throughput_items_per_s"] / theirs["throughput_items_per_s"], 3
+                    ),
+                    "max_abs_diff": diff if same_feeds else None,
+                }
+            )
+    return rows
+
+
+def _max_abs_diff(
+    a: Mapping[str, np.ndarray] | None, b: Mapping[str, np.ndarray] | None
+) -> float | None:
+    if not a or not b:
+        return None
+    diffs = [
+        float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64))))
+        for k in a
+        if k in b and a[k].shape == b[k].shape and a[k].size
+    ]
+    return float(f"{max(diffs):.3g}") if diffs else None
+
+
+class _CallableModule(types.ModuleType):
+    """`modelkiln.bench` names both this module and the function: importing the module makes
+    it the package attribute, replacing the lazy function, so calls are forwarded here."""
+
+    def __call__(self, artifacts: Any, **options: Any) -> dict[str, Any]:
+        return bench(artifacts, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule

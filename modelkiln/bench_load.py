@@ -1,0 +1,219 @@
+"""Loading what `kiln bench` measures: backend checks, artifacts and the PyTorch baseline,
+each load timed apart from its library imports and with the resident memory it added."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelkiln.artifact import Artifact
+from modelkiln.bench_measure import PeakMeter, mb, rss
+from modelkiln.errors import (
+    BackendUnavailable,
+    CheckpointError,
+    UnknownBackendError,
+    UserInputError,
+)
+
+BASELINE_ID = "pytorch"
+Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in ("modelkiln", "numpy", "onnxruntime", "torch", "transformers"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return {
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def check_numbers(threads: int | None, warmup: int, rounds: int, min_time: float) -> None:
+    if threads is not None and threads < 1:
+        raise UserInputError(f"--threads {threads}: give at least 1")
+    if warmup < 0:
+        raise UserInputError(f"--warmup {warmup}: give 0 or more")
+    if rounds < 1:
+        raise UserInputError(f"--rounds {rounds}: give at least 1")
+    if min_time < 0:
+        raise UserInputError(f"--min-time {min_time}: give 0 or more seconds")
+
+
+def install_hint(backend: str, device: str) -> str:
+    if backend == "onnxruntime" and device == "cuda":
+        return "install onnxruntime-gpu instead of onnxruntime (pip install onnxruntime-gpu)"
+    if backend == "onnxruntime":
+        return "pip install onnxruntime"
+    return f"pip install 'modelkiln[{backend}]'"
+
+
+def prepare_backend(artifact: Artifact, label: str) -> float:
+    """Fail now, in one line, if this machine cannot run the artifact; import its backend
+    library. Returns the seconds that took (the import time, for the first of a backend)."""
+    from modelkiln.backends import get_backend
+    from modelkiln.targets import Target
+
+    section = artifact.manifest.get("target") or {}
+    name = artifact.backend
+    device = str(section.get("device", artifact.manifest["backend"].get("device", "cpu")))
+    start = time.perf_counter()
+    try:
+        backend = get_backend(name)
+        backend.check(
+            Target(
+                name=str(section.get("name", name)),
+                backend=name,
+                device=device,
+                precision=str(section.get("precision", artifact.manifest.get("precision", "fp32"))),
+                options=dict(section.get("options") or {}),
+            )
+        )
+    except (BackendUnavailable, UnknownBackendError) as exc:
+        message = str(exc)
+        if "pip install" not in message:
+            message += f"; {install_hint(name, device)}"
+        raise BackendUnavailable(
+            f"cannot bench {label}: it was built for backend '{name}' on {device}, which this "
+            f"machine cannot run: {message}"
+        ) from None
+    return time.perf_counter() - start
+
+
+def check_checkpoint(checkpoint: str) -> None:
+    path = Path(checkpoint)
+    if not path.exists() and not (":" in checkpoint and not path.suffix == ".onnx"):
+        raise CheckpointError(
+            f"--baseline {checkpoint}: no such checkpoint (the path does not exist)"
+        )
+
+
+def artifact_info(art: Artifact, label: str, import_s: float) -> dict[str, Any]:
+    target = art.manifest.get("target") or {}
+    return {
+        "id": label,
+        "kind": "artifact",
+        "path": str(art.path.resolve()),
+        "name": art.manifest.get("name"),
+        "task": art.manifest.get("task"),
+        "target": target.get("name"),
+        "backend": art.backend,
+        "device": target.get("device", "cpu"),
+        "precision": art.manifest.get("precision"),
+        "import_s": round(import_s, 3),
+    }
+
+
+def _measure_load(meter: PeakMeter, load: Callable[[], Any]) -> tuple[Any, dict[str, Any], int]:
+    base = rss() or 0
+    meter.start()
+    start = time.perf_counter()
+    value = load()
+    seconds = time.perf_counter() - start
+    peak, after = meter.peak_since_start(), rss()
+    stats = {
+        "load_s": round(seconds, 3),
+        "load_rss_mb": mb(None if after is None else after - base),
+        "load_peak_rss_mb": mb(None if peak is None else peak - base),
+    }
+    return value, stats, base
+
+
+def load_artifact(
+    art: Artifact, label: str, threads: int, meter: PeakMeter
+) -> tuple[Runner, dict[str, Any]]:
+    """The session's `run` and its load figures (`_base`: RSS before the load, in bytes)."""
+    from modelkiln.runtime import load
+
+    def open_session() -> Any:
+        try:
+            return load(art.path, threads=threads)
+        except BackendUnavailable as exc:
+            raise BackendUnavailable(f"cannot bench {label}: {exc}") from None
+
+    session, stats, base = _measure_load(meter, open_session)
+    return session.run, {"threads": threads, **stats, "_base": base}
+
+
+def load_baseline(
+    checkpoint: str,
+    art: Artifact,
+    label: str,
+    threads: int,
+    allow_pickle: bool,
+    meter: PeakMeter,
+) -> tuple[dict[str, Any], Runner]:
+    """Info and runner of the PyTorch baseline; PyTorch is imported only here."""
+    start = time.perf_counter()
+    try:
+        import torch
+
+        from modelkiln.pipeline import reference_for
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"--baseline needs PyTorch ({exc}); install it with: pip install 'modelkiln[export]'"
+        ) from None
+    try:
+        import transformers  # noqa: F401  (imported here so its import is not load time)
+    except ImportError:
+        pass
+    import_s = time.perf_counter() - start
+    torch.set_num_threads(threads)
+    task = art.manifest.get("task")
+    try:
+        (spec, runner), stats, base = _measure_load(
+            meter,
+            lambda: reference_for(checkpoint, None if task == "custom" else task, allow_pickle),
+        )
+    except UserInputError as exc:  # say which option it was about
+        exc.args = (f"--baseline: {exc}",)
+        raise
+    names = sorted(d.name for d in spec.inputs)
+    if names != sorted(art.manifest["inputs"]):
+        raise UserInputError(
+            f"--baseline {checkpoint} takes inputs {', '.join(names)} but {label} takes "
+            f"{', '.join(art.manifest['inputs'])}; give the checkpoint the artifact came from"
+        )
+    onnx_source = Path(checkpoint).suffix == ".onnx"
+    info = {
+        "id": BASELINE_ID,
+        "kind": "baseline",
+        "checkpoint": checkpoint,
+        "runtime": "ONNX source in onnxruntime, optimizations off"
+        if onnx_source
+        else "PyTorch eager (torch.inference_mode)",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "import_s": round(import_s, 3),
+        **stats,
+        "_base": base,
+    }
+    return info, runner
