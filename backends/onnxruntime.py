@@ -140,7 +140,7 @@ class OnnxRuntimeSession(Session):
         }[level]
         if threads:
             opts.intra_op_num_threads = int(threads)
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # failures surface as exceptions, not log lines
         try:
             self._session = ort.InferenceSession(
                 str(artifact.file("model")), opts, providers=providers
@@ -150,10 +150,12 @@ class OnnxRuntimeSession(Session):
                 f"onnxruntime cannot load {artifact.file('model')}: {first_line(exc)}"
             ) from None
         self._output_names = [o.name for o in self._session.get_outputs()]
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
-            values = self._session.run(self._output_names, feeds)
+            values = self._session.run(self._output_names, feeds, self._run_options)
         except Exception as exc:  # ORT raises its own exception types per failure
             shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
             raise InferenceError(

@@ -10,7 +10,8 @@ import numpy as np
 
 from modelkiln.compare import compare_outputs, summarize
 from modelkiln.errors import CheckpointError, ExportError, first_line
-from modelkiln.exporter.specs import TaskSpec, make_inputs
+from modelkiln.exporter.specs import TaskSpec, Tolerance, make_inputs
+from modelkiln.golden import Sample
 
 Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -41,7 +42,7 @@ def onnx_runner(path: Path) -> Runner:
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
     try:
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -64,24 +65,44 @@ def _shapes(feeds: Mapping[str, np.ndarray]) -> str:
     return ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
 
 
+def reference_samples(
+    reference: Runner,
+    spec: TaskSpec,
+    dims_list: Sequence[Mapping[str, int]] | None = None,
+    seed: int = 0,
+) -> list[Sample]:
+    """(inputs, reference outputs) for each shape; these become golden.npz."""
+    samples = []
+    for i, dims in enumerate(dims_list or spec.check_dims):
+        feeds = make_inputs(spec, dims, seed=seed + i)
+        samples.append((feeds, reference(feeds)))
+    return samples
+
+
+def compare_samples(
+    samples: Sequence[Sample],
+    candidate: Runner,
+    tolerance: Tolerance,
+    dims_list: Sequence[Mapping[str, int]],
+) -> dict[str, Any]:
+    """Run the candidate on every sample and report every output of every shape;
+    `dims_list` names each sample's dimension sizes for the report."""
+    limits = tolerance.to_json()
+    checks = []
+    for (feeds, expected), dims in zip(samples, dims_list, strict=True):
+        outputs = compare_outputs(expected, candidate(feeds), limits)
+        checks.append({"dims": dict(dims), "outputs": outputs})
+    return summarize(checks, limits)
+
+
 def validate(
     reference: Runner,
     candidate: Runner,
     spec: TaskSpec,
     dims_list: Sequence[Mapping[str, int]] | None = None,
     seed: int = 0,
-) -> tuple[dict[str, Any], list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]]:
-    """Compare candidate with reference on every shape.
-
-    Returns the report and, per shape, (inputs, reference outputs) for golden.npz.
-    """
-    tolerance = spec.tolerance.to_json()
-    checks = []
-    samples = []
-    for i, dims in enumerate(dims_list or spec.check_dims):
-        feeds = make_inputs(spec, dims, seed=seed + i)
-        expected = reference(feeds)
-        actual = candidate(feeds)
-        checks.append({"dims": dict(dims), "outputs": compare_outputs(expected, actual, tolerance)})
-        samples.append((feeds, expected))
-    return summarize(checks, tolerance), samples
+) -> dict[str, Any]:
+    """Compare candidate with reference on fresh inputs of every shape."""
+    dims_list = list(dims_list or spec.check_dims)
+    samples = reference_samples(reference, spec, dims_list, seed)
+    return compare_samples(samples, candidate, spec.tolerance, dims_list)

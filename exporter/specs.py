@@ -26,6 +26,17 @@ class Tolerance:
     def to_json(self) -> dict[str, Any]:
         return {"atol": self.atol, "min_cosine": self.min_cosine}
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Tolerance:
+        return cls(atol=float(data["atol"]), min_cosine=data.get("min_cosine"))
+
+
+# Reduced-precision inference cannot meet fp32 tolerances; these are the loosest accepted.
+PRECISION_TOLERANCE = {
+    "fp16": Tolerance(atol=2e-2, min_cosine=0.999),
+    "bf16": Tolerance(atol=1e-1, min_cosine=0.995),
+}
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -40,6 +51,47 @@ class TaskSpec:
     def fit(self, dims: Mapping[str, int]) -> dict[str, int]:
         """`dims` with each size capped at the model's limit (e.g. max_position_embeddings)."""
         return {d: min(v, self.limits.get(d, v)) for d, v in dims.items()}
+
+    def tolerance_for(self, precision: str) -> Tolerance:
+        """The task's tolerance, loosened for reduced-precision inference."""
+        loose = PRECISION_TOLERANCE.get(precision)
+        if loose is None:
+            return self.tolerance
+        cosine = self.tolerance.min_cosine
+        return Tolerance(
+            atol=max(self.tolerance.atol, loose.atol),
+            min_cosine=None if cosine is None else min(cosine, loose.min_cosine or cosine),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "inputs": [
+                {"name": d.name, "dtype": d.dtype, "axes": list(d.axes), **d.values_json()}
+                for d in self.inputs
+            ],
+            "outputs": list(self.outputs),
+            "tolerance": self.tolerance.to_json(),
+            "trace_dims": dict(self.trace_dims),
+            "check_dims": [dict(c) for c in self.check_dims],
+            "limits": dict(self.limits),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TaskSpec:
+        inputs = tuple(
+            InputDecl(d["name"], d["dtype"], tuple(d["axes"]), d["kind"], d["low"], d["high"])
+            for d in data["inputs"]
+        )
+        return cls(
+            task=data["task"],
+            inputs=inputs,
+            outputs=tuple(data["outputs"]),
+            tolerance=Tolerance.from_json(data["tolerance"]),
+            trace_dims=dict(data["trace_dims"]),
+            check_dims=tuple(dict(c) for c in data["check_dims"]),
+            limits=dict(data["limits"]),
+        )
 
     @property
     def dynamic_axes(self) -> dict[str, dict[int, str]]:

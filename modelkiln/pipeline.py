@@ -1,14 +1,17 @@
-"""The export driver: source -> spec -> trace -> passes -> build -> validate -> artifact.
+"""The export driver: source -> spec -> trace -> passes -> (per target) build -> validate.
 
 One straight line: no stage reaches back into an earlier one, the model stays in memory
-between passes, and the artifact appears at the output path only after it validated.
+between passes, tracing happens once however many targets follow, and each artifact
+appears at its output path only after it validated.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import inspect
 import shutil
+import statistics
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +26,17 @@ from modelkiln.artifact import (
     staging,
     write_manifest,
 )
-from modelkiln.backends import get_backend
-from modelkiln.errors import ValidationError
+from modelkiln.backends import Backend, get_backend
+from modelkiln.cache import BuildCache
+from modelkiln.errors import UserInputError, ValidationError
 from modelkiln.golden import save_golden
+from modelkiln.prepare import Prepared, prepare, reference_for
 from modelkiln.progress import Progress
 from modelkiln.targets import Target, load_target
 from modelkiln.tensors import TensorSpec, specs_to_json
 from modelkiln.versions import tool_versions
+
+__all__ = ["ExportResult", "export", "export_many", "export_targets", "reference_for"]
 
 
 @dataclass
@@ -37,55 +44,108 @@ class ExportResult:
     path: Path
     manifest: dict[str, Any]
     times: dict[str, float] = field(default_factory=dict)
+    probe_ms: float | None = None  # median run time on the first validation shape
 
     @property
     def size_bytes(self) -> int:
         return sum(int(e["size"]) for e in self.manifest["files"].values())
 
 
-@dataclass
-class Prepared:
-    """Everything the trace produced that the build and validation need."""
-
-    source: Any
-    source_info: dict[str, Any]
-    spec: Any
-    model: Any
-    reference: Any
-    passes: list[dict[str, Any]]
-
-
 def export(
     checkpoint: str | Path,
     output: str | Path,
     *,
-    task: str | None = None,
     target: str | Target = "cpu",
+    **options: Any,
+) -> ExportResult:
+    """Export one artifact to `output`; options as for `export_targets`."""
+    return export_targets(checkpoint, [(Path(output), target)], **options)[0]
+
+
+def export_many(
+    checkpoint: str | Path,
+    output_dir: str | Path,
+    targets: Sequence[str | Target],
+    *,
+    name: str | None = None,
+    **options: Any,
+) -> list[ExportResult]:
+    """Trace once, then build `output_dir/<name>-<target>` for every target."""
+    name = name or default_name(str(checkpoint))
+    resolved = [load_target(t) if isinstance(t, str) else t for t in targets]
+    plan = [(Path(output_dir) / f"{name}-{t.name}", t) for t in resolved]
+    return export_targets(checkpoint, plan, **options)
+
+
+def default_name(checkpoint: str) -> str:
+    """Artifact base name from the checkpoint: folder name, file stem or factory module."""
+    path = checkpoint_path(checkpoint)
+    stem = path.stem if path.suffix in (".onnx", ".py") else path.name
+    return stem.replace(".", "-") or "model"
+
+
+def export_targets(
+    checkpoint: str | Path,
+    plan: Sequence[tuple[Path, str | Target]],
+    *,
+    task: str | None = None,
     force: bool = False,
     allow_pickle: bool = False,
     validate: bool = True,
     dump_passes: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
     progress: Progress | None = None,
-) -> ExportResult:
+) -> list[ExportResult]:
+    """Trace and simplify `checkpoint` once, then build and validate one artifact per
+    (output path, target). Every input is checked before any slow work starts."""
     from modelkiln.exporter.specs import check_task
 
     progress = progress or Progress(quiet=True)
-    out = Path(output)
-    check_output_free(out, force, protected=_checkpoint_path(str(checkpoint)))
+    protected = checkpoint_path(str(checkpoint))
     dump_dir = Path(dump_passes) if dump_passes else None
-    if dump_dir is not None:
-        check_side_path(dump_dir, out, "--dump-passes", folder=True)
+    resolved = [(Path(out), load_target(t) if isinstance(t, str) else t) for out, t in plan]
+    outs = [out.resolve() for out, _ in resolved]
+    if len(set(outs)) != len(outs):
+        raise UserInputError("two targets would write the same artifact; give them distinct names")
+    for out, _ in resolved:
+        check_output_free(out, force, protected=protected)
+        if dump_dir is not None:
+            check_side_path(dump_dir, out, "--dump-passes", folder=True)
     check_task(task)
-    tgt = load_target(target) if isinstance(target, str) else target
-    backend = get_backend(tgt.backend)
-    backend.check(tgt)
+    backends = []
+    for _, tgt in resolved:
+        backend = get_backend(tgt.backend)
+        backend.check(tgt)
+        backends.append(backend)
+    cache = BuildCache(Path(cache_dir) if cache_dir else None) if use_cache else None
+    prepared = prepare(
+        str(checkpoint), task, allow_pickle, dump_dir, progress, cache, reference=validate
+    )
+    shared = dict(progress.times)
+    results = []
+    for (out, tgt), backend in zip(resolved, backends, strict=True):
+        own = Progress(quiet=progress.quiet, console=progress.console)
+        results.append(_build_one(prepared, out, tgt, backend, force, validate, own, shared))
+    return results
 
-    prepared = _prepare(str(checkpoint), task, allow_pickle, dump_dir, progress)
-    spec, source = prepared.spec, prepared.source
+
+def _build_one(
+    prepared: Prepared,
+    out: Path,
+    tgt: Target,
+    backend: Backend,
+    force: bool,
+    validate: bool,
+    progress: Progress,
+    shared_times: dict[str, float],
+) -> ExportResult:
+    spec = prepared.spec
+    probe_ms = None
     with staging(out, force) as stage:
         with progress.stage("build", f"building for target {tgt.name} ({backend.name})"):
             backend_section = backend.build(prepared.model, tgt, stage)
-            for f in source.preprocessing:
+            for f in prepared.preprocessing:
                 shutil.copy2(f, stage / f.name)
         manifest: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
@@ -96,111 +156,61 @@ def export(
             "target": tgt.to_json(),
             "backend": backend_section,
             "precision": tgt.precision,
-            "opset": _opset(prepared.model),
+            "opset": prepared.model.opset_imports.get(""),
             "versions": tool_versions(),
             "passes": prepared.passes,
+            "cache": prepared.cache,
             "inputs": _inputs_json(prepared.model.graph.inputs, spec),
             "outputs": specs_to_json(_io_specs(prepared.model.graph.outputs)),
-            "preprocessing": [f.name for f in source.preprocessing],
+            "preprocessing": [f.name for f in prepared.preprocessing],
         }
         write_manifest(stage, manifest)
         if validate:
-            from modelkiln.exporter.reference import validate as run_validation
+            from modelkiln.exporter.reference import compare_samples
 
-            with progress.stage("validate", "validating against the reference"):
+            tolerance = spec.tolerance_for(tgt.precision)
+            with progress.stage("validate", f"validating {tgt.name} against the reference"):
                 session = backend.load(Artifact(stage, manifest))
-                report, samples = run_validation(prepared.reference, session.run, spec)
-            report["reference"] = (
-                "pytorch" if source.kind != "onnx" else "onnx source (onnxruntime)"
-            )
+                report = compare_samples(prepared.samples, session.run, tolerance, spec.check_dims)
+                probe_ms = _probe(session, prepared.samples[0][0])
+            report["reference"] = prepared.reference
             if not report["passed"]:
                 raise ValidationError(
-                    f"{len(report['failures'])} output check(s) differ from the reference "
-                    f"({report['reference']}); nothing was written",
+                    f"{len(report['failures'])} output check(s) of target {tgt.name} differ "
+                    f"from the reference ({report['reference']}); nothing was written",
                     report,
                 )
         else:
-            report, samples = {"skipped": True, "reason": "--no-validate"}, []
+            report = {"skipped": True, "reason": "--no-validate"}
         with progress.stage("finalize", "writing golden samples and manifest"):
-            if samples:
-                save_golden(stage / GOLDEN, samples)
+            if validate:
+                save_golden(stage / GOLDEN, prepared.samples)
             manifest["validation"] = report
-            manifest["timings"] = {k: round(v, 3) for k, v in progress.times.items()}
+            times = {**shared_times, **progress.times}
+            manifest["timings"] = {k: round(v, 3) for k, v in times.items()}
             manifest["files"] = file_entries(stage)
             write_manifest(stage, manifest)
-    return ExportResult(out, manifest, dict(progress.times))
+    return ExportResult(out, manifest, {**shared_times, **progress.times}, probe_ms)
 
 
-def reference_for(checkpoint: str, task: str | None, allow_pickle: bool = False) -> tuple[Any, Any]:
-    """The task spec and reference runner for a checkpoint, without tracing it."""
-    _, spec, _, reference = _load_source(checkpoint, task, allow_pickle)
-    return spec, reference
+def _probe(session: Any, feeds: dict[str, Any], runs: int = 5) -> float:
+    """Median latency of a few runs on the first validation shape: a quick comparison of
+    targets for the closing table, not a benchmark (that is `kiln bench`)."""
+    session.run(feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(feeds)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
 
 
-def _load_source(
-    checkpoint: str, task: str | None, allow_pickle: bool
-) -> tuple[Any, Any, Any, Any]:
-    """(source, spec, model, reference runner): model is a torch module to trace, or the
-    already-loaded `onnx_ir.Model` of an ONNX source."""
-    from modelkiln.exporter import sources, specs
-    from modelkiln.exporter.reference import onnx_runner, torch_runner
-
-    source = sources.load(checkpoint, allow_pickle=allow_pickle)
-    if isinstance(source, sources.OnnxSource):
-        import onnx_ir as ir
-        from onnx_ir.passes.common import RemoveInitializersFromInputsPass
-
-        model = ir.load(source.path)
-        ir.external_data.load_to_model(model)  # in memory: the artifact must not point back
-        RemoveInitializersFromInputsPass()(model)  # weights listed as inputs (old exporters)
-        spec = specs.for_onnx(model, origin=str(source.path))
-        return source, spec, model, onnx_runner(source.path)
-    if isinstance(source, sources.FactorySource):
-        module = source.load_module()
-        spec = specs.for_factory(source.example_inputs, source.options, source.n_outputs)
-        return source, spec, module, torch_runner(module, spec.outputs)
-    from modelkiln.exporter.trace import OutputSelector
-
-    model = source.load_module(specs.auto_class_for(source.config, task))
-    spec = specs.for_hf(source.config, task, set(inspect.signature(model.forward).parameters))
-    module = OutputSelector(model, tuple(d.name for d in spec.inputs), spec.outputs)
-    return source, spec, module, torch_runner(module, spec.outputs)
-
-
-def _checkpoint_path(checkpoint: str) -> Path:
+def checkpoint_path(checkpoint: str) -> Path:
     """The file or folder a checkpoint reference names (the .py file of a factory)."""
     path = Path(checkpoint)
     if not path.exists() and ":" in checkpoint:
         return Path(checkpoint.rpartition(":")[0])
     return path
-
-
-def _prepare(
-    checkpoint: str,
-    task: str | None,
-    allow_pickle: bool,
-    dump_dir: Path | None,
-    progress: Progress,
-) -> Prepared:
-    from modelkiln.exporter.passes import simplify
-    from modelkiln.exporter.sources import OnnxSource
-
-    with progress.stage("load", "loading checkpoint"):
-        source, spec, model, reference = _load_source(checkpoint, task, allow_pickle)
-        source_info = source.describe()  # hashes the weights
-    if not isinstance(source, OnnxSource):
-        from modelkiln.exporter.specs import make_inputs
-        from modelkiln.exporter.trace import trace
-
-        with progress.stage("trace", "tracing to ONNX (torch.export, dynamo)"):
-            model = trace(model, spec, make_inputs(spec, spec.trace_dims), source.model_type)
-    with progress.stage("passes", "simplifying the graph"):
-        model, log = simplify(model, dump_dir)
-    return Prepared(source, source_info, spec, model, reference, log)
-
-
-def _opset(model: Any) -> int | None:
-    return model.opset_imports.get("")
 
 
 def _inputs_json(values: Any, spec: Any) -> dict[str, Any]:

@@ -74,7 +74,9 @@ def _fresh_reference(
     """Re-run the PyTorch model on new inputs of shapes the export never checked."""
     from modelkiln.pipeline import reference_for
 
-    spec, runner = reference_for(checkpoint, artifact.manifest["task"], allow_pickle)
+    source_kind = artifact.manifest.get("source", {}).get("kind")
+    task = artifact.manifest["task"] if source_kind == "hf" else None
+    spec, runner = reference_for(checkpoint, task, allow_pickle)
     from modelkiln.exporter.reference import validate
 
     named = {d for decl in spec.inputs for d in decl.axes if isinstance(d, str)}
@@ -82,5 +84,4 @@ def _fresh_reference(
         spec.fit({d: v for d, v in dims.items() if d in named} | {d: 2 for d in named - set(dims)})
         for dims in FRESH_DIMS
     ]
-    report, _ = validate(runner, session.run, spec, dims_list, seed=1000)
-    return report
+    return validate(runner, session.run, spec, dims_list, seed=1000)

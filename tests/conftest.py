@@ -6,8 +6,10 @@ tests that modify an artifact work on a copy (`copy_artifact`).
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,15 @@ import models  # noqa: E402
 from modelkiln.cli import main  # noqa: E402
 
 REPO = TESTS.parent
+
+# Exports in tests use a private build cache, never the user's ~/.cache/modelkiln; subprocesses
+# inherit it through the environment.
+TEST_CACHE = Path(tempfile.mkdtemp(prefix="kiln-test-cache-"))
+os.environ["MODELKILN_CACHE_DIR"] = str(TEST_CACHE)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(TEST_CACHE, ignore_errors=True)
 
 
 def run_kiln(*args: Any) -> Result:
