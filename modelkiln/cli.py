@@ -61,6 +61,9 @@ def main(debug: bool) -> None:
     kiln export CHECKPOINT -o OUT   trace, optimize, build and validate an artifact
     kiln validate ARTIFACT          re-check an artifact (files, golden outputs, reference)
     kiln inspect PATH               show what an artifact or .onnx file holds
+    kiln bench ARTIFACT...          measure latency and throughput (optionally vs PyTorch)
+    kiln targets                    list the targets and whether this machine can build them
+    kiln cache info|clear           show or empty the build cache
     """
 
 
@@ -71,7 +74,8 @@ def main(debug: bool) -> None:
     "--output",
     required=True,
     type=click.Path(path_type=Path),
-    help="Artifact folder to create (refused if it exists, unless --force).",
+    help="Artifact folder to create (refused if it exists, unless --force). With several "
+    "--target options, a folder that receives one artifact per target: OUTPUT/NAME-TARGET.",
 )
 @click.option(
     "--task",
@@ -82,10 +86,25 @@ def main(debug: bool) -> None:
 )
 @click.option(
     "--target",
-    default="cpu",
+    "targets",
+    multiple=True,
+    default=("cpu",),
     show_default=True,
-    help="Built-in target name or path to a target .toml file.",
+    help="Built-in target name (see `kiln targets`) or path to a target .toml file. Repeat "
+    "to build several targets from one trace.",
 )
+@click.option(
+    "--name",
+    default=None,
+    help="Base name of the artifacts with several targets (default: the checkpoint's name).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Build cache folder (default: $MODELKILN_CACHE_DIR or ~/.cache/modelkiln).",
+)
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the build cache.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option(
     "--allow-pickle",
@@ -112,7 +131,10 @@ def export(
     checkpoint: str,
     output: Path,
     task: str | None,
-    target: str,
+    targets: tuple[str, ...],
+    name: str | None,
+    cache_dir: Path | None,
+    no_cache: bool,
     force: bool,
     allow_pickle: bool,
     no_validate: bool,
@@ -129,20 +151,29 @@ def export(
     The artifact appears at OUTPUT only once it has been built and its outputs match the
     PyTorch reference on two input shapes; any mismatch fails with exit code 1.
     """
-    from modelkiln.pipeline import export as run_export
+    from modelkiln.pipeline import default_name, export_targets
     from modelkiln.progress import Progress
 
     progress = Progress(quiet=quiet or as_json, console=err)
+    if len(targets) == 1:
+        plan = [(output, targets[0])]
+    else:
+        from modelkiln.targets import load_target
+
+        base = name or default_name(checkpoint)
+        resolved = [load_target(t) for t in targets]
+        plan = [(output / f"{base}-{t.name}", t) for t in resolved]
     try:
-        result = run_export(
+        results = export_targets(
             checkpoint,
-            output,
+            plan,
             task=task,
-            target=target,
             force=force,
             allow_pickle=allow_pickle,
             validate=not no_validate,
             dump_passes=dump_passes,
+            cache_dir=cache_dir,
+            use_cache=not no_cache,
             progress=progress,
         )
     except ValidationError as exc:
@@ -151,7 +182,68 @@ def export(
                 json.dumps({"passed": False, "error": str(exc), "validation": exc.report}, indent=2)
             )
         raise
-    summary = {
+    summaries = [_export_summary(r) for r in results]
+    if as_json:
+        click.echo(
+            json.dumps(
+                summaries[0] if len(summaries) == 1 else {"artifacts": summaries, "passed": True},
+                indent=2,
+            )
+        )
+        return
+    if quiet:
+        return
+    if len(results) == 1:
+        result, summary = results[0], summaries[0]
+        times = "  ".join(f"{k} {v:.1f}s" for k, v in result.times.items())
+        rows = {
+            "artifact": f"{result.path}  ({_human_size(result.size_bytes)})",
+            "task": f"{summary['task']} on {summary['target']} ({summary['backend']})",
+            "time": f"{times}  total {sum(result.times.values()):.1f}s",
+            "validation": summary["validation"],
+        }
+        for key, value in rows.items():
+            err.print(f"{key:<11}{value}", soft_wrap=True, markup=False)
+        return
+    err.print(f"{len(results)} artifacts from one trace:", markup=False)
+    lines = []
+    for result, summary in zip(results, summaries, strict=True):
+        report = result.manifest["validation"]
+        lines.append(
+            {
+                "target": summary["target"],
+                "backend": summary["backend"],
+                "artifact": str(result.path),
+                "size": _human_size(result.size_bytes),
+                "build": f"{result.times.get('build', 0.0):.1f}s",
+                "max abs diff": "skipped"
+                if report.get("skipped")
+                else f"{report['max_abs_diff']:.2e}",
+                "probe": "-" if result.probe_ms is None else f"{result.probe_ms:.2f} ms",
+            }
+        )
+    print_columns(lines, err)
+
+
+def print_columns(rows: list[dict[str, str]], console: Console) -> None:
+    """Rows as aligned plain-text columns that never wrap (piped output stays greppable)."""
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
+    console.print(
+        "  ".join(f"{c.upper():<{widths[c]}}" for c in columns).rstrip(),
+        markup=False,
+        soft_wrap=True,
+    )
+    for row in rows:
+        console.print(
+            "  ".join(f"{row[c]:<{widths[c]}}" for c in columns).rstrip(),
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def _export_summary(result: Any) -> dict[str, Any]:
+    return {
         "artifact": str(result.path),
         "size_bytes": result.size_bytes,
         "task": result.manifest["task"],
@@ -159,22 +251,10 @@ def export(
         "backend": result.manifest["backend"]["name"],
         "times": {k: round(v, 3) for k, v in result.times.items()},
         "validation": _validation_line(result.manifest["validation"]),
+        "probe_ms": None if result.probe_ms is None else round(result.probe_ms, 3),
+        "cache": result.manifest.get("cache", {}),
         "passed": True,
     }
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-        return
-    if quiet:
-        return
-    times = "  ".join(f"{k} {v:.1f}s" for k, v in result.times.items())
-    rows = {
-        "artifact": f"{result.path}  ({_human_size(result.size_bytes)})",
-        "task": f"{summary['task']} on {summary['target']} ({summary['backend']})",
-        "time": f"{times}  total {sum(result.times.values()):.1f}s",
-        "validation": summary["validation"],
-    }
-    for key, value in rows.items():
-        err.print(f"{key:<11}{value}", soft_wrap=True, markup=False)
 
 
 def _validation_line(report: dict[str, Any]) -> str:
@@ -310,10 +390,13 @@ def run() -> None:
     os._exit(code)
 
 
-if __name__ == "__main__":
-    run()
-
-
+# Commands in their own modules register last: they import helpers defined above.
 from modelkiln.cli_bench import bench  # noqa: E402
+from modelkiln.cli_targets import cache, targets  # noqa: E402
 
 main.add_command(bench)
+main.add_command(targets)
+main.add_command(cache)
+
+if __name__ == "__main__":
+    run()
