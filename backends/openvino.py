@@ -1,0 +1,296 @@
+"""OpenVINO backend: the ONNX model from our passes, saved as OpenVINO IR (`model.xml`/`.bin`).
+
+Build converts the same portable ONNX model the ONNX Runtime backend ships (never the torch
+module), saves it as IR with an explicit fp16-weight-compression choice and compiles it once
+to check it and record what the device makes of the target's precision. Load compiles with
+`PERFORMANCE_HINT` and an explicit `INFERENCE_PRECISION_HINT` from the target: OpenVINO would
+otherwise pick bf16 on CPUs that support it and silently change the numerics.
+
+Compiled blobs are cached outside the artifact (`~/.cache/modelkiln/openvino`, or
+`$MODELKILN_CACHE_DIR/openvino`), so the second load skips compilation.
+
+openvino is imported inside functions only: importing modelkiln, or loading an artifact built
+for another backend, never imports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelkiln.errors import BackendUnavailable, BuildError, UserInputError
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
+    from modelkiln.artifact import Artifact
+    from modelkiln.backends.openvino_session import OpenVinoSession
+    from modelkiln.targets import Target
+
+XML_FILE = "model.xml"
+BIN_FILE = "model.bin"
+INSTALL = "pip install 'modelkiln[openvino]'"
+OPTIONS = {"performance_hint", "compress_to_fp16"}
+PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
+# Our precision names -> OpenVINO's INFERENCE_PRECISION_HINT values.
+PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+
+
+def import_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError:
+        raise BackendUnavailable(f"openvino is not installed: {INSTALL}") from None
+    return openvino
+
+
+def ov_device(device: str) -> str:
+    """Our device names are lower case ("cpu", "gpu.0"); OpenVINO's are upper case."""
+    return device.upper()
+
+
+def ov_message(exc: BaseException) -> str:
+    """One useful line from an OpenVINO exception.
+
+    Its messages start with "Exception from src/…/file.cpp:123:" lines (sometimes nested)
+    before the actual reason, so the first line alone says nothing.
+    """
+    text = str(exc).replace("\x1b", "")
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("Exception from ", "Check '")) or line.endswith(".cpp"):
+            continue
+        return line
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def compile_config(
+    performance_hint: str, precision_hint: str, threads: int | None = None
+) -> dict[str, Any]:
+    """The properties every compile sets explicitly (also what the build records)."""
+    config: dict[str, Any] = {
+        "PERFORMANCE_HINT": performance_hint,
+        "INFERENCE_PRECISION_HINT": precision_hint,
+    }
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
+def reported_properties(compiled: Any) -> dict[str, Any]:
+    """What the compiled model reports back: a CPU without bf16 runs f32 whatever we ask."""
+
+    def prop(name: str) -> Any:
+        try:
+            return compiled.get_property(name)
+        except Exception:  # not every device reports every property
+            return None
+
+    precision = prop("INFERENCE_PRECISION_HINT")
+    devices = prop("EXECUTION_DEVICES")
+    return {
+        "inference_precision": precision.to_string() if precision is not None else None,
+        "performance_hint": str(prop("PERFORMANCE_HINT")) if prop("PERFORMANCE_HINT") else None,
+        "num_streams": _int_or_none(prop("NUM_STREAMS")),
+        "inference_num_threads": _int_or_none(prop("INFERENCE_NUM_THREADS")),
+        "optimal_number_of_infer_requests": _int_or_none(prop("OPTIMAL_NUMBER_OF_INFER_REQUESTS")),
+        "execution_devices": list(devices) if devices else None,
+    }
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def port_names(ports: Any, wanted: list[str], kind: str, where: str) -> dict[str, int]:
+    """Map each manifest name to the index of the OpenVINO port carrying it.
+
+    OpenVINO keeps ONNX tensor names as port names but may reorder or add aliases, so
+    outputs are matched by name, never by position.
+    """
+    found: dict[str, int] = {}
+    for index, port in enumerate(ports):
+        for name in port.get_names():
+            if name in wanted and name not in found:
+                found[name] = index
+    missing = [n for n in wanted if n not in found]
+    if missing and kind == "output":
+        have = sorted({n for p in ports for n in p.get_names()})
+        raise BuildError(
+            f"{where}: OpenVINO lost the output name(s) {', '.join(missing)} "
+            f"(its outputs are named {', '.join(have) or 'nothing'})"
+        )
+    return found
+
+
+class OpenVinoBackend:
+    name = "openvino"
+
+    def check(self, target: Target) -> None:
+        ov = import_openvino()
+        unknown = sorted(set(target.options) - OPTIONS)
+        if unknown:
+            raise UserInputError(
+                f"target '{target.name}': openvino does not know option(s) "
+                f"{', '.join(unknown)}; it knows {', '.join(sorted(OPTIONS))}"
+            )
+        hint = target.options.get("performance_hint", "LATENCY")
+        if not isinstance(hint, str) or hint.upper() not in PERFORMANCE_HINTS:
+            raise UserInputError(
+                f"target '{target.name}': performance_hint {hint!r} is not one of "
+                f"{', '.join(PERFORMANCE_HINTS)}"
+            )
+        compress = target.options.get("compress_to_fp16", False)
+        if not isinstance(compress, bool):
+            raise UserInputError(
+                f"target '{target.name}': compress_to_fp16 must be true or false, got {compress!r}"
+            )
+        if target.precision not in PRECISIONS:
+            raise UserInputError(
+                f"target '{target.name}': openvino builds {' and '.join(PRECISIONS)} only so "
+                f"far, not {target.precision}"
+            )
+        try:
+            available = list(ov.Core().available_devices)
+        except Exception as exc:  # a broken install or plugin
+            raise BackendUnavailable(
+                f"openvino cannot list its devices: {ov_message(exc)}"
+            ) from None
+        if ov_device(target.device) not in available:
+            raise UserInputError(
+                f"target '{target.name}': openvino has no device '{target.device}' on this "
+                f"machine; available: {', '.join(d.lower() for d in available) or 'none'}"
+            )
+
+    def build(self, model: ir.Model, target: Target, out: Path) -> dict[str, Any]:
+        import onnx_ir as ir
+
+        ov = import_openvino()
+        compress = bool(target.options.get("compress_to_fp16", False))
+        hint = str(target.options.get("performance_hint", "LATENCY")).upper()
+        precision_hint = PRECISIONS[target.precision]
+        device = ov_device(target.device)
+        # The ONNX file is an intermediate: it lives in a hidden folder inside `out` (same
+        # disk as the artifact) that is removed whatever happens, since every file left in
+        # `out` becomes part of the artifact. Weights go to external data, so models over
+        # protobuf's 2 GiB limit convert too.
+        scratch = Path(tempfile.mkdtemp(prefix=".openvino-build-", dir=out))
+        try:
+            onnx_path = scratch / "model.onnx"
+            ir.save(model, onnx_path, external_data="model.onnx.data", size_threshold_bytes=1024)
+            try:
+                ov_model = ov.convert_model(onnx_path)
+                ov.save_model(ov_model, out / XML_FILE, compress_to_fp16=compress)
+            except Exception as exc:  # OpenVINO raises its own exception types
+                for name in (XML_FILE, BIN_FILE):  # a partial save
+                    (out / name).unlink(missing_ok=True)
+                raise BuildError(
+                    f"openvino cannot convert the ONNX model: {ov_message(exc)}"
+                ) from None
+            del ov_model
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+        # Compile once (no cache: this folder is a staging folder) so a model the device
+        # cannot run fails the build, and record what the device makes of our hints.
+        core = ov.Core()
+        try:
+            compiled = core.compile_model(
+                str(out / XML_FILE), device, compile_config(hint, precision_hint)
+            )
+        except Exception as exc:  # OpenVINO raises its own exception types
+            raise BuildError(
+                f"openvino cannot compile the model for {device}: {ov_message(exc)}"
+            ) from None
+        outputs = [v.name for v in model.graph.outputs if v.name]
+        port_names(compiled.outputs, outputs, "output", "openvino build")
+        reported = reported_properties(compiled)
+        del compiled
+        return {
+            "name": self.name,
+            "files": {"model": XML_FILE, "weights": BIN_FILE},
+            "device": device,
+            "compress_to_fp16": compress,
+            "performance_hint": hint,
+            "inference_precision_hint": precision_hint,
+            # Properties as reported by the build machine's compiled model; a machine that
+            # loads the artifact may report others (e.g. f32 on a CPU without bf16).
+            "compiled": reported,
+            "openvino_version": ov.get_version(),
+        }
+
+    def load(self, artifact: Artifact, **options: Any) -> OpenVinoSession:
+        from modelkiln.backends.openvino_session import OpenVinoSession
+
+        return OpenVinoSession(artifact, **options)
+
+
+# --------------------------------------------------------------------------- compiled-blob cache
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("MODELKILN_CACHE_DIR")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "modelkiln"
+    return base / "openvino"
+
+
+def cache_key(artifact: Artifact, section: dict[str, Any]) -> str | None:
+    """A folder name for this artifact's compiled blobs, or None if it cannot be keyed.
+
+    OpenVINO keys CPU blobs on the model path and the device name only, not on the compile
+    properties, so without a folder per (model content, device, precision hint) a blob
+    compiled for f32 could be reused for bf16 or for a rebuilt artifact at the same path.
+    An artifact still being exported (no file hashes in its manifest yet) is not cached:
+    its staging path disappears when it is published.
+    """
+    files = artifact.manifest.get("files") or {}
+    hashes = [files.get(section["files"][role], {}).get("sha256") for role in ("model", "weights")]
+    if not all(hashes):
+        return None
+    material = json.dumps(
+        [hashes, section.get("device"), section.get("inference_precision_hint")], sort_keys=True
+    )
+    return hashlib.sha256(material.encode()).hexdigest()[:20]
+
+
+_DEFAULT: Any = object()
+
+
+def resolve_cache_dir(artifact: Artifact, section: dict[str, Any], cache_dir: Any) -> Path | None:
+    """Where this load keeps compiled blobs; None disables the cache.
+
+    An explicit folder that cannot be created is an error; the default folder silently
+    falls back to no cache (read-only home directories in containers are common).
+    """
+    if cache_dir is None or cache_dir is False:
+        return None
+    explicit = cache_dir is not _DEFAULT
+    root = Path(cache_dir).expanduser() if explicit else default_cache_dir()
+    art, resolved = artifact.path.resolve(), root.resolve()
+    if resolved == art or art in resolved.parents:
+        raise UserInputError(
+            f"cache_dir {root} is inside the artifact {artifact.path}, which holds only what "
+            "its manifest lists; choose a folder outside it"
+        )
+    key = cache_key(artifact, section)
+    if key is None:
+        return None
+    folder = root / key
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if explicit:
+            raise UserInputError(
+                f"cannot create cache_dir {folder}: {exc.strerror or exc}; pass another "
+                "cache_dir, or cache_dir=None to compile without a cache"
+            ) from None
+        return None
+    return folder

@@ -1,0 +1,156 @@
+"""The OpenVINO session: `run` (synchronous) and `run_many` (AsyncInferQueue)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from modelkiln.artifact import Artifact
+from modelkiln.backends.openvino import (
+    _DEFAULT,
+    compile_config,
+    import_openvino,
+    ov_message,
+    port_names,
+    reported_properties,
+    resolve_cache_dir,
+)
+from modelkiln.errors import BuildError, InferenceError, UserInputError
+from modelkiln.feeds import check_feeds
+from modelkiln.runtime import Session
+
+
+class OpenVinoSession(Session):
+    """An artifact compiled by OpenVINO.
+
+    Options: `threads` (INFERENCE_NUM_THREADS; default: OpenVINO's choice) and `cache_dir`
+    (compiled-blob cache; default `~/.cache/modelkiln/openvino` or
+    `$MODELKILN_CACHE_DIR/openvino`; None disables it).
+
+    `run(feeds)` is synchronous, like every session. `run_many(list_of_feeds)` runs many
+    requests through an `AsyncInferQueue` and returns the results in order; with a
+    `THROUGHPUT` target the queue holds as many requests as OpenVINO finds optimal (the
+    device runs them in parallel streams), with `LATENCY` it holds one.
+
+    After loading, `inference_precision` is what the compiled model reports (`f32` on a CPU
+    without bf16 even for a bf16 target), `cache_dir` the blob folder used (or None) and
+    `properties` the compiled model's reported properties.
+    """
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        threads: int | None = None,
+        cache_dir: Any = _DEFAULT,
+    ) -> None:
+        super().__init__(artifact)
+        ov = import_openvino()
+        section = artifact.manifest["backend"]
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+        ):
+            raise UserInputError(f"threads must be a whole number >= 1, got {threads!r}")
+        device = section.get("device", "CPU")
+        core = ov.Core()
+        if device not in core.available_devices:
+            from modelkiln.errors import BackendUnavailable
+
+            raise BackendUnavailable(
+                f"{artifact.path} was built for OpenVINO device {device}, which this machine "
+                f"lacks (it has {', '.join(core.available_devices) or 'none'})"
+            )
+        self.cache_dir = resolve_cache_dir(artifact, section, cache_dir)
+        config = compile_config(
+            section.get("performance_hint", "LATENCY"),
+            section.get("inference_precision_hint", "f32"),
+            threads,
+        )
+        if self.cache_dir is not None:
+            config["CACHE_DIR"] = str(self.cache_dir)
+        xml = artifact.file("model")
+        try:
+            # Compiling from the path (not a read Model) lets a cache hit skip reading the IR.
+            self._compiled = core.compile_model(str(xml), device, config)
+        except Exception as exc:  # OpenVINO raises its own exception types
+            raise BuildError(f"openvino cannot load {xml}: {ov_message(exc)}") from None
+        self.properties = reported_properties(self._compiled)
+        self.inference_precision = self.properties["inference_precision"]
+        self.performance_hint = config["PERFORMANCE_HINT"]
+        where = f"openvino load of {artifact.path}"
+        self._outputs = port_names(self._compiled.outputs, list(self.outputs), "output", where)
+        self._inputs = port_names(self._compiled.inputs, list(self.inputs), "input", where)
+        extra = [
+            sorted(p.get_names())
+            for p in self._compiled.inputs
+            if not set(p.get_names()) & set(self._inputs)
+        ]
+        if extra:
+            raise BuildError(f"{where}: the model has input(s) {extra} the manifest does not list")
+        self._request = self._compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- running
+
+    def _ov_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[int, np.ndarray]:
+        """Feeds keyed by input port index; manifest inputs the compiled model dropped (an
+        unused input OpenVINO optimized away) are checked but not passed."""
+        return {self._inputs[name]: value for name, value in feeds.items() if name in self._inputs}
+
+    def _collect(self, request: Any) -> dict[str, np.ndarray]:
+        """The outputs keyed by manifest name, copied out of the request's buffers."""
+        result = {}
+        for name, index in self._outputs.items():
+            data = request.get_output_tensor(index).data
+            result[name] = np.array(data, dtype=self.outputs[name].dtype, copy=True)
+        return result
+
+    def _fail(self, exc: BaseException, feeds: Mapping[str, np.ndarray]) -> InferenceError:
+        shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
+        return InferenceError(
+            f"openvino failed running {self.artifact.path} on {shapes}: {ov_message(exc)}"
+        )
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            try:
+                self._request.infer(self._ov_feeds(feeds))
+                return self._collect(self._request)
+            except Exception as exc:  # OpenVINO raises its own exception types
+                raise self._fail(exc, feeds) from None
+
+    def run_many(self, many: Sequence[Mapping[str, Any]]) -> list[dict[str, np.ndarray]]:
+        """Run every feed dict through an AsyncInferQueue; results come back in order.
+
+        Each feed dict is checked like `run`'s (a bad one raises `FeedError` before any
+        runs). With a THROUGHPUT target, requests run in parallel on the device's streams.
+        """
+        checked = [check_feeds(self.inputs, feeds) for feeds in many]
+        if not checked:
+            return []
+        ov = import_openvino()
+        jobs = self.properties.get("optimal_number_of_infer_requests") or 1
+        queue = ov.AsyncInferQueue(self._compiled, min(int(jobs), len(checked)))
+        results: list[dict[str, np.ndarray] | None] = [None] * len(checked)
+        errors: list[tuple[int, BaseException]] = []
+
+        def done(request: Any, index: int) -> None:
+            try:
+                results[index] = self._collect(request)
+            except Exception as exc:  # kept and raised in the caller's thread
+                errors.append((index, exc))
+
+        queue.set_callback(done)
+        try:
+            for index, feeds in enumerate(checked):
+                queue.start_async(self._ov_feeds(feeds), index)
+            queue.wait_all()
+        except Exception as exc:  # OpenVINO raises its own exception types
+            # The failing request is not known here; name the first feed's shapes.
+            raise self._fail(exc, checked[0]) from None
+        if errors:
+            index, error = min(errors, key=lambda e: e[0])
+            raise self._fail(error, checked[index])
+        return [r for r in results if r is not None]
