@@ -23,22 +23,41 @@ def backend_names() -> list[str]:
     return sorted(_entry_points())
 
 
+# Extras of modelkiln that install a built-in backend's runtime.
+EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+
+
+def install_hint(name: str, ep: EntryPoint | None = None) -> str:
+    if name in EXTRAS:
+        return f"pip install 'modelkiln[{EXTRAS[name]}]'"
+    dist = getattr(ep, "dist", None) if ep is not None else None
+    return (
+        f"reinstall {dist.name}" if dist is not None else f"install the package providing '{name}'"
+    )
+
+
 @functools.cache
 def get_backend(name: str) -> Backend:
     eps = _entry_points()
     if name not in eps:
         known = ", ".join(sorted(eps)) or "none"
-        raise UnknownBackendError(f"unknown backend '{name}'; installed backends: {known}")
+        hint = f" ({install_hint(name)})" if name in EXTRAS else ""
+        raise UnknownBackendError(f"unknown backend '{name}'{hint}; installed backends: {known}")
+    ep = eps[name]
     try:
-        factory = eps[name].load()
+        factory = ep.load()
+        backend = factory()
     except ImportError as exc:
         raise BackendUnavailable(
-            f"backend '{name}' cannot be imported ({exc}); "
-            f"install it with: pip install 'modelkiln[{name}]'"
+            f"backend '{name}' cannot be imported ({exc}); {install_hint(name, ep)}"
         ) from None
-    backend = factory()
-    if not isinstance(backend, Backend):
+    except Exception as exc:
+        raise BackendUnavailable(
+            f"backend '{name}' ({ep.value}) failed to start: {type(exc).__name__}: {exc}"
+        ) from None
+    if not isinstance(backend, Backend) or getattr(backend, "name", None) != name:
         raise UnknownBackendError(
-            f"entry point '{name}' ({eps[name].value}) does not provide a modelkiln Backend"
+            f"entry point '{name}' ({ep.value}) does not provide a modelkiln Backend named "
+            f"'{name}' (it needs name, check, build and load)"
         )
     return backend

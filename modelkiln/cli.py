@@ -2,53 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.markup import escape
 
-from modelkiln.errors import ModelkilnError, ValidationError
-
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
-
-
-def _human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{size:.1f} GB"
-
-
-def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """User errors become one line on stderr and an exit code; --debug shows the traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        ctx = click.get_current_context()
-        try:
-            return fn(*args, **kwargs)
-        except ModelkilnError as exc:
-            if ctx.find_root().params.get("debug"):
-                raise
-            if isinstance(exc, ValidationError) and exc.report.get("failures"):
-                err.print(f"[red]error:[/] {escape(exc.headline)}", soft_wrap=True)
-                for failure in exc.report["failures"]:
-                    err.print(f"  ✗ {failure}", soft_wrap=True, markup=False)
-            else:
-                err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
-            ctx.exit(exc.exit_code)
-
-    return wrapper
+from modelkiln.cli_bench import bench
+from modelkiln.cli_common import err, handle_errors, human_size, out, print_columns
+from modelkiln.cli_targets import cache, targets
+from modelkiln.errors import ValidationError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -197,7 +162,7 @@ def export(
         result, summary = results[0], summaries[0]
         times = "  ".join(f"{k} {v:.1f}s" for k, v in result.times.items())
         rows = {
-            "artifact": f"{result.path}  ({_human_size(result.size_bytes)})",
+            "artifact": f"{result.path}  ({human_size(result.size_bytes)})",
             "task": f"{summary['task']} on {summary['target']} ({summary['backend']})",
             "time": f"{times}  total {sum(result.times.values()):.1f}s",
             "validation": summary["validation"],
@@ -214,7 +179,7 @@ def export(
                 "target": summary["target"],
                 "backend": summary["backend"],
                 "artifact": str(result.path),
-                "size": _human_size(result.size_bytes),
+                "size": human_size(result.size_bytes),
                 "build": f"{result.times.get('build', 0.0):.1f}s",
                 "max abs diff": "skipped"
                 if report.get("skipped")
@@ -223,23 +188,6 @@ def export(
             }
         )
     print_columns(lines, err)
-
-
-def print_columns(rows: list[dict[str, str]], console: Console) -> None:
-    """Rows as aligned plain-text columns that never wrap (piped output stays greppable)."""
-    columns = list(rows[0])
-    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
-    console.print(
-        "  ".join(f"{c.upper():<{widths[c]}}" for c in columns).rstrip(),
-        markup=False,
-        soft_wrap=True,
-    )
-    for row in rows:
-        console.print(
-            "  ".join(f"{row[c]:<{widths[c]}}" for c in columns).rstrip(),
-            markup=False,
-            soft_wrap=True,
-        )
 
 
 def _export_summary(result: Any) -> dict[str, Any]:
@@ -337,7 +285,7 @@ def inspect(path: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    out.print(f"[bold]{info['path']}[/]  {info['kind']}, {_human_size(info['size_bytes'])}")
+    out.print(f"[bold]{info['path']}[/]  {info['kind']}, {human_size(info['size_bytes'])}")
     if info["kind"] == "artifact":
         out.print(
             f"task {info['task']}, target {info['target']} ({info['backend']}, "
@@ -389,10 +337,6 @@ def run() -> None:
     sys.stderr.flush()
     os._exit(code)
 
-
-# Commands in their own modules register last: they import helpers defined above.
-from modelkiln.cli_bench import bench  # noqa: E402
-from modelkiln.cli_targets import cache, targets  # noqa: E402
 
 main.add_command(bench)
 main.add_command(targets)

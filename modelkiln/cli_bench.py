@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from modelkiln.cli import err, handle_errors, out
+from modelkiln.cli_common import err, handle_errors, out
 from modelkiln.errors import UserInputError
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from modelkiln.cli import _human_size, err, handle_errors, out, print_columns
+from modelkiln.cli_common import err, handle_errors, human_size, out, print_columns
 from modelkiln.errors import ModelkilnError, UnknownBackendError
 
 
@@ -91,12 +91,12 @@ def info(cache_dir: Path | None, as_json: bool) -> None:
     count = len(data["entries"])
     out.print(
         f"{data['path']}: {count} entr{'y' if count == 1 else 'ies'}, "
-        f"{_human_size(data['size_bytes'])}",
+        f"{human_size(data['size_bytes'])}",
         markup=False,
     )
     for entry in data["entries"]:
         out.print(
-            f"  {entry['key']}  {_human_size(entry['size_bytes']):>9}  {entry['task']}  "
+            f"  {entry['key']}  {human_size(entry['size_bytes']):>9}  {entry['task']}  "
             f"{entry['source']}",
             markup=False,
         )

@@ -37,6 +37,13 @@ def load(path: str | os.PathLike[str], **options: Any) -> Session:
     Options go to the backend (ONNX Runtime: `threads`, `providers`).
     """
     from modelkiln.backends import get_backend
+    from modelkiln.errors import UnknownBackendError
 
     artifact = Artifact.open(path)
-    return get_backend(artifact.backend).load(artifact, **options)
+    try:
+        backend = get_backend(artifact.backend)
+    except UnknownBackendError as exc:
+        raise UnknownBackendError(
+            f"{artifact.path} was built with a backend missing here: {exc}"
+        ) from None
+    return backend.load(artifact, **options)
