@@ -128,6 +128,10 @@ def artifact_info(art: Artifact, label: str, import_s: float) -> dict[str, Any]:
         "backend": art.backend,
         "device": target.get("device", "cpu"),
         "precision": art.manifest.get("precision"),
+        # what the backend recorded at build time (e.g. the precision a compiled model reports)
+        "backend_info": {
+            k: v for k, v in (art.manifest.get("backend") or {}).items() if k != "files"
+        },
         "import_s": round(import_s, 3),
     }
 
