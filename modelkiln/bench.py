@@ -25,6 +25,7 @@ The returned dict is what `kiln bench --json` writes; `modelkiln.bench_report` r
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 import sys
 import types
@@ -169,9 +170,12 @@ def bench(
 
     results = []
     for config in configs:
-        row = {"subject": config.subject, "dims": dict(config.dims)}
-        row["batch"] = config.dims.get(plan.BATCH)
-        row["sequence"] = config.dims.get(plan.SEQUENCE)
+        row: dict[str, Any] = {
+            "subject": config.subject,
+            "dims": dict(config.dims),
+            "batch": config.dims.get(plan.BATCH),
+            "sequence": config.dims.get(plan.SEQUENCE),
+        }
         results.append(row | summarize(config))
     return {
         "schema": SCHEMA,
@@ -209,12 +213,11 @@ def _probe(subject: _Subject, meter: PeakMeter, say: Callable[[str], None]) -> N
     base = int(subject.info.pop("_base"))
     order = sorted(range(len(subject.dims)), key=lambda i: np.prod(list(subject.dims[i].values())))
     for i in order:
-        run, feeds = subject.run, subject.feeds[i]
         config = Config(
             subject.id,
             subject.dims[i],
             plan.items_per_run(subject.dims[i]),
-            lambda run=run, feeds=feeds: run(feeds),
+            functools.partial(subject.run, subject.feeds[i]),
         )
         meter.start()
         outputs = config.run()
@@ -237,7 +240,8 @@ def _comparisons(subjects: list[_Subject], results: list[dict[str, Any]]) -> lis
         same_feeds = (
             bool(subject.dims)
             and subject.dims[0] == base.dims[0]
-            and all(np.array_equal(v, base.feeds[0].get(k)) for k, v in subject.feeds[0].items())
+            and subject.feeds[0].keys() == base.feeds[0].keys()
+            and all(np.array_equal(v, base.feeds[0][k]) for k, v in subject.feeds[0].items())
         )
         for dims in subject.dims:
             key = plan.dims_label(dims)

@@ -35,7 +35,7 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in ("modelkiln", "numpy", "onnxruntime", "torch", "transformers"):
         try:
             versions[name] = version(name)

@@ -139,12 +139,12 @@ def plot(report: Mapping[str, Any], path: str | Path) -> None:
         width = 0.8 / len(artifacts)
         for j, subject in enumerate(artifacts):
             rows = {_key(c["dims"]): c for c in comparisons if c["subject"] == subject}
-            xs = [
+            positions = [
                 i + (j - (len(artifacts) - 1) / 2) * width for i, k in enumerate(keys) if k in rows
             ]
             ys = [rows[k]["speedup_p50"] for k in keys if k in rows]
             bars = axes[1].bar(
-                xs, ys, width, color=colors[subject], label=subject_label(report, subject)
+                positions, ys, width, color=colors[subject], label=subject_label(report, subject)
             )
             axes[1].bar_label(bars, fmt="%.2f×", fontsize="small")
         axes[1].axhline(1.0, color="black", linewidth=0.8)
