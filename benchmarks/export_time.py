@@ -17,20 +17,25 @@ import argparse
 import datetime as dt
 import importlib.util
 import json
-import os
-import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "export_time.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    RESULTS,
+    default_checkpoint,
+    find_tool,
+    git_revision,
+    machine_info,
+    package_version,
+    timed,
+    write_json,
+)
+
+DEFAULT_OUTPUT = RESULTS / "export_time.json"
 FIELDS = {
     "stages": "seconds per pipeline stage, from the `times` of `kiln export --json`",
     "stages_total": "sum of the stages",
@@ -40,64 +45,6 @@ FIELDS = {
     "import_torch_transformers": "`import torch, transformers` in a separate fresh "
     "interpreter, minus bare start-up; this cost is inside the `load` stage",
 }
-PACKAGES = ("modelkiln", "torch", "transformers", "onnx", "onnx-ir", "onnxscript", "onnxruntime")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def package_version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def git_revision() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {name: package_version(name) for name in PACKAGES},
-    }
-
-
-def default_checkpoint() -> str:
-    script = ROOT / "samples" / "minilm" / "checkpoint.py"
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
-    return done.stdout.strip()
-
-
-def find_tool(name: str) -> str | None:
-    """A console script of this interpreter's environment first, then anything on PATH."""
-    return shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
-
-
-def timed(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
-    start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    return time.perf_counter() - start, done
 
 
 def run_kiln(kiln: str, checkpoint: str) -> dict[str, Any]:
@@ -215,10 +162,7 @@ def main() -> int:
         "median": median,
         "optimum": optimum if optimum else "not installed; not measured",
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(args.output.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(args.output)
+    write_json(args.output, results)
 
     m = results["machine"]
     print(

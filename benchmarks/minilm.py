@@ -33,30 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
-
-
-def default_checkpoint() -> str:
-    script = ROOT / "samples" / "minilm" / "checkpoint.py"
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
-    return done.stdout.strip()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, default_checkpoint, git_revision, timed, write_json  # noqa: E402
 
 
 def kiln_command() -> list[str]:
     return [sys.executable, "-c", "from modelkiln.cli import run; run()"]
-
-
-def git_revision() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
 
 
 def available_targets() -> tuple[list[str], dict[str, str]]:
@@ -81,9 +63,7 @@ def export(checkpoint: str, target: str, folder: Path) -> dict[str, Any]:
     out = folder / f"minilm-{target}"
     cmd = [*kiln_command(), "export", checkpoint, "-o", str(out), "--target", target, "--json"]
     cmd.append("--no-cache")  # time a full export: trace and passes, not a cache hit
-    start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
+    wall, done = timed(cmd)
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.startswith("error:")]
         return {"error": (lines or done.stderr.strip().splitlines() or ["no output"])[-1]}
@@ -270,8 +250,7 @@ def main() -> int:
         "skipped_targets": skipped,
         "bench": report,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.output, results)
     text = markdown(results)
     args.output.with_suffix(".md").write_text(text)
     print(text)
