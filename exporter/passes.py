@@ -70,6 +70,8 @@ def simplify_passes() -> list[tuple[str, ir.passes.PassBase]]:
     from onnxscript.optimizer import constant_folding
     from onnxscript.rewriter import _DEFAULT_REWRITE_RULES, RewritePass
 
+    from modelkiln.exporter.fusions import attention_rules, transpose_rules
+
     return [
         ("inline", common.InlinePass()),
         ("shape-inference", common.ShapeInferencePass()),
@@ -80,6 +82,14 @@ def simplify_passes() -> list[tuple[str, ir.passes.PassBase]]:
             ),
         ),
         ("rewrite-rules", RewritePass(_DEFAULT_REWRITE_RULES)),
+        (
+            "canonical-attention",
+            ir.passes.Sequential(
+                RewritePass(attention_rules()),
+                common.RemoveUnusedNodesPass(),  # frees the key's first transpose ...
+                RewritePass(transpose_rules()),  # ... to merge it with the new one
+            ),
+        ),
         ("identity-elimination", common.IdentityEliminationPass()),
         (
             "dead-code-elimination",

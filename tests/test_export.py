@@ -90,10 +90,26 @@ def test_manifest_passes_have_stats(tiny_bert_artifact: Exported) -> None:
     assert len(saved.graph.node) == passes[-1]["nodes_after"]
 
 
+def test_traced_attention_is_in_textbook_form(tiny_bert_artifact: Exported) -> None:
+    """torch.export's SDPA decomposition is rewritten so backends can fuse it (see fusions.py)."""
+    (entry,) = [
+        p for p in tiny_bert_artifact.manifest["passes"] if p["name"] == "canonical-attention"
+    ]
+    assert entry["modified"]
+    ops = [n.op_type for n in onnx.load(str(tiny_bert_artifact.path / "model.onnx")).graph.node]
+    layers = models.bert_config().num_hidden_layers
+    assert ops.count("Softmax") == layers
+    assert "IsNaN" not in ops
+
+
 def test_manifest_inputs_and_outputs(tiny_bert_artifact: Exported) -> None:
     m = tiny_bert_artifact.manifest
     values = {
-        "input_ids": {"kind": "token_ids", "low": models.VOCAB_SIZE // 2, "high": models.VOCAB_SIZE},
+        "input_ids": {
+            "kind": "token_ids",
+            "low": models.VOCAB_SIZE // 2,
+            "high": models.VOCAB_SIZE,
+        },
         "attention_mask": {"kind": "mask", "low": 0, "high": 2},
         "token_type_ids": {"kind": "zeros", "low": 0, "high": 2},
     }
