@@ -116,31 +116,24 @@ def export(
     The artifact appears at OUTPUT only once it has been built and its outputs match the
     PyTorch reference on two input shapes; any mismatch fails with exit code 1.
     """
-    from modelkiln.pipeline import default_name, export_targets
+    from modelkiln.pipeline import export_many, export_targets
     from modelkiln.progress import Progress
 
-    progress = Progress(quiet=quiet or as_json, console=err)
-    if len(targets) == 1:
-        plan = [(output, targets[0])]
-    else:
-        from modelkiln.targets import load_target
-
-        base = name or default_name(checkpoint)
-        resolved = [load_target(t) for t in targets]
-        plan = [(output / f"{base}-{t.name}", t) for t in resolved]
+    options: dict[str, Any] = {
+        "task": task,
+        "force": force,
+        "allow_pickle": allow_pickle,
+        "validate": not no_validate,
+        "dump_passes": dump_passes,
+        "cache_dir": cache_dir,
+        "use_cache": not no_cache,
+        "progress": Progress(quiet=quiet or as_json, console=err),
+    }
     try:
-        results = export_targets(
-            checkpoint,
-            plan,
-            task=task,
-            force=force,
-            allow_pickle=allow_pickle,
-            validate=not no_validate,
-            dump_passes=dump_passes,
-            cache_dir=cache_dir,
-            use_cache=not no_cache,
-            progress=progress,
-        )
+        if len(targets) == 1:
+            results = export_targets(checkpoint, [(output, targets[0])], **options)
+        else:
+            results = export_many(checkpoint, output, targets, name=name, **options)
     except ValidationError as exc:
         if as_json:
             click.echo(
