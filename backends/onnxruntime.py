@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelkiln.errors import (
-    BackendUnavailable,
-    BuildError,
-    InferenceError,
-    UserInputError,
-    first_line,
+from modelkiln.backends.base import (
+    check_device,
+    check_options,
+    check_precision,
+    option_choice,
+    option_whole_number,
 )
+from modelkiln.errors import BackendUnavailable, BuildError, InferenceError, first_line
 from modelkiln.runtime import Session
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ DEFAULT_EXTERNAL_DATA_THRESHOLD = 1 << 30  # protobuf cannot hold more than 2 Gi
 LEVELS = ("disable", "basic", "extended", "all")
 OPTIONS = {"graph_optimization_level", "external_data_threshold_bytes"}
 DEVICES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+PRECISIONS = ("fp32",)
 
 
 class OnnxRuntimeBackend:
@@ -45,35 +47,12 @@ class OnnxRuntimeBackend:
             raise BackendUnavailable(
                 "onnxruntime is not installed: pip install onnxruntime"
             ) from None
-        unknown = sorted(set(target.options) - OPTIONS)
-        if unknown:
-            raise UserInputError(
-                f"target '{target.name}': onnxruntime does not know option(s) "
-                f"{', '.join(unknown)}; it knows {', '.join(sorted(OPTIONS))}"
-            )
-        level = target.options.get("graph_optimization_level", "all")
-        if level not in LEVELS:
-            raise UserInputError(
-                f"target '{target.name}': graph_optimization_level '{level}' is not one of "
-                f"{', '.join(LEVELS)}"
-            )
-        threshold = target.options.get("external_data_threshold_bytes", 0)
-        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
-            raise UserInputError(
-                f"target '{target.name}': external_data_threshold_bytes must be a whole number "
-                f"of bytes >= 0, got {threshold!r}"
-            )
-        if target.precision != "fp32":
-            raise UserInputError(
-                f"target '{target.name}': onnxruntime builds fp32 only so far, "
-                f"not {target.precision}"
-            )
-        provider = DEVICES.get(target.device)
-        if provider is None:
-            raise UserInputError(
-                f"target '{target.name}': onnxruntime has no device '{target.device}'; "
-                f"known: {', '.join(DEVICES)}"
-            )
+        check_options(target, self.name, OPTIONS)
+        option_choice(target, "graph_optimization_level", LEVELS, "all")
+        option_whole_number(target, "external_data_threshold_bytes", 0)
+        check_precision(target, self.name, PRECISIONS)
+        check_device(target, self.name, DEVICES)
+        provider = DEVICES[target.device]
         if provider not in ort.get_available_providers():
             raise BackendUnavailable(
                 f"target '{target.name}' needs {provider}, which this onnxruntime lacks "

@@ -23,6 +23,13 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelkiln.backends.base import (
+    check_device,
+    check_options,
+    check_precision,
+    option_choice,
+    option_flag,
+)
 from modelkiln.errors import BackendUnavailable, BuildError, UserInputError
 
 if TYPE_CHECKING:
@@ -136,46 +143,26 @@ class OpenVinoBackend:
 
     def check(self, target: Target) -> None:
         ov = import_openvino()
-        unknown = sorted(set(target.options) - OPTIONS)
-        if unknown:
-            raise UserInputError(
-                f"target '{target.name}': openvino does not know option(s) "
-                f"{', '.join(unknown)}; it knows {', '.join(sorted(OPTIONS))}"
-            )
-        hint = target.options.get("performance_hint", "LATENCY")
-        if not isinstance(hint, str) or hint.upper() not in PERFORMANCE_HINTS:
-            raise UserInputError(
-                f"target '{target.name}': performance_hint {hint!r} is not one of "
-                f"{', '.join(PERFORMANCE_HINTS)}"
-            )
-        compress = target.options.get("compress_to_fp16", False)
-        if not isinstance(compress, bool):
-            raise UserInputError(
-                f"target '{target.name}': compress_to_fp16 must be true or false, got {compress!r}"
-            )
-        if target.precision not in PRECISIONS:
-            raise UserInputError(
-                f"target '{target.name}': openvino builds {' and '.join(PRECISIONS)} only so "
-                f"far, not {target.precision}"
-            )
+        check_options(target, self.name, OPTIONS)
+        option_choice(target, "performance_hint", PERFORMANCE_HINTS, "LATENCY", ignore_case=True)
+        option_flag(target, "compress_to_fp16", False)
+        check_precision(target, self.name, list(PRECISIONS))
         try:
             available = list(ov.Core().available_devices)
         except Exception as exc:  # a broken install or plugin
             raise BackendUnavailable(
                 f"openvino cannot list its devices: {ov_message(exc)}"
             ) from None
-        if ov_device(target.device) not in available:
-            raise UserInputError(
-                f"target '{target.name}': openvino has no device '{target.device}' on this "
-                f"machine; available: {', '.join(d.lower() for d in available) or 'none'}"
-            )
+        check_device(
+            target, self.name, [d.lower() for d in available], available=True, ignore_case=True
+        )
 
     def build(self, model: ir.Model, target: Target, out: Path) -> dict[str, Any]:
         import onnx_ir as ir
 
         ov = import_openvino()
-        compress = bool(target.options.get("compress_to_fp16", False))
-        hint = str(target.options.get("performance_hint", "LATENCY")).upper()
+        compress = option_flag(target, "compress_to_fp16", False)
+        hint = option_choice(target, "performance_hint", PERFORMANCE_HINTS, "LATENCY", True)
         precision_hint = PRECISIONS[target.precision]
         device = ov_device(target.device)
         # The ONNX file is an intermediate: it lives in a hidden folder inside `out` (same

@@ -10,7 +10,8 @@ calls, in order:
   later from `modelkiln.load()` and `kiln validate`.
 
 Only modelkiln's public modules are used: `modelkiln.errors`, `modelkiln.runtime`,
-`modelkiln.artifact` and `modelkiln.targets`.
+`modelkiln.artifact`, `modelkiln.targets` and the target checks in `modelkiln.backends.base`
+(they word refusals the way the built-in backends do).
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ import numpy as np
 import onnx_ir as ir
 
 from modelkiln.artifact import Artifact
+from modelkiln.backends.base import (
+    check_device,
+    check_options,
+    check_precision,
+    option_whole_number,
+)
 from modelkiln.errors import (
     BackendUnavailable,
     BuildError,
@@ -47,27 +54,11 @@ class OrtParallelBackend:
             raise BackendUnavailable(
                 "backend 'ort-parallel' needs onnxruntime: pip install onnxruntime"
             ) from None
-        unknown = sorted(set(target.options) - set(OPTIONS))
-        if unknown:
-            raise UserInputError(
-                f"target '{target.name}': ort-parallel does not know option(s) "
-                f"{', '.join(unknown)}; it knows {', '.join(sorted(OPTIONS))}"
-            )
-        for key in OPTIONS:
-            value = target.options.get(key, 0)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise UserInputError(
-                    f"target '{target.name}': {key} must be a whole number >= 0, got {value!r}"
-                )
-        if target.device != "cpu":
-            raise UserInputError(
-                f"target '{target.name}': ort-parallel runs on device 'cpu' only, "
-                f"not '{target.device}'"
-            )
-        if target.precision != "fp32":
-            raise UserInputError(
-                f"target '{target.name}': ort-parallel builds fp32 only, not {target.precision}"
-            )
+        check_options(target, self.name, OPTIONS)
+        for key, default in OPTIONS.items():
+            option_whole_number(target, key, default)
+        check_device(target, self.name, ["cpu"])
+        check_precision(target, self.name, ["fp32"])
 
     def build(self, model: ir.Model, target: Target, out: Path) -> dict[str, Any]:
         import onnxruntime as ort
