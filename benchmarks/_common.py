@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -88,3 +89,29 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(path)
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all processes, all cores;
+    idle and iowait excluded)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished (waited-for) subprocesses."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_quiet(limit: float, threshold: float = 0.15, samples: int = 3) -> float | None:
+    """Wait up to `limit` seconds for `samples` 5-second spells in which the whole machine
+    used under `threshold` cores; returns the seconds waited, None on timeout."""
+    start, quiet = time.perf_counter(), 0
+    while quiet < samples:
+        if time.perf_counter() - start > limit:
+            return None
+        before = busy_cpu_seconds()
+        time.sleep(5)
+        quiet = quiet + 1 if (busy_cpu_seconds() - before) / 5 < threshold else 0
+    return time.perf_counter() - start

@@ -25,16 +25,21 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, default_checkpoint, git_revision, timed, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    default_checkpoint,
+    git_revision,
+    timed,
+    wait_quiet,
+    write_json,
+)
 
 
 def kiln_command() -> list[str]:
@@ -77,24 +82,6 @@ def export(checkpoint: str, target: str, folder: Path) -> dict[str, Any]:
         "size_bytes": summary["size_bytes"],
         "validation": summary["validation"],
     }
-
-
-def wait_quiet(limit: float, threshold: float = 0.15, samples: int = 3) -> float | None:
-    """Wait up to `limit` seconds for `samples` 5-second spells in which the whole machine
-    used under `threshold` cores; returns the seconds waited, None on timeout."""
-
-    def busy() -> float:
-        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-        return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-    start, quiet = time.perf_counter(), 0
-    while quiet < samples:
-        if time.perf_counter() - start > limit:
-            return None
-        before = busy()
-        time.sleep(5)
-        quiet = quiet + 1 if (busy() - before) / 5 < threshold else 0
-    return time.perf_counter() - start
 
 
 def bench(checkpoint: str, artifacts: list[str], folder: Path, args: argparse.Namespace) -> Any:
