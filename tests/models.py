@@ -446,3 +446,20 @@ BANK: dict[str, BankEntry] = {
 
 def read_manifest(artifact: Path) -> dict[str, Any]:
     return json.loads((Path(artifact) / "kiln.json").read_text())
+
+
+# --------------------------------------------------------------------------- preprocessing only
+
+
+def write_tiny_bert_preprocessing(folder: Path, model_input_names: list[str] | None = None) -> Path:
+    """The tiny BERT's config.json and tokenizer, without building or saving weights, for code
+    that only tokenizes; `model_input_names` restricts what the tokenizer produces."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = bert_config()
+    config.architectures = ["BertModel"]
+    config.save_pretrained(str(folder))
+    write_tokenizer(folder)
+    if model_input_names is not None:
+        settings = {"model_input_names": model_input_names}
+        (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    return folder
