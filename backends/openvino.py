@@ -10,16 +10,20 @@ Compiled blobs are cached outside the artifact (`~/.cache/modelkiln/openvino`, o
 `$MODELKILN_CACHE_DIR/openvino`), so the second load skips compilation.
 
 openvino is imported inside functions only: importing modelkiln, or loading an artifact built
-for another backend, never imports it.
+for another backend, never imports it. Neither importing it nor converting a model sends
+OpenVINO's usage telemetry (`no_telemetry`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,9 +52,45 @@ PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
 
+_telemetry_lock = threading.Lock()
+_telemetry_depth = 0
+_telemetry_saved: str | None = None
+
+
+@contextlib.contextmanager
+def no_telemetry() -> Iterator[None]:
+    """Keep OpenVINO's Python tools from sending usage telemetry on the user's behalf.
+
+    Importing openvino and every `convert_model` call report to Google Analytics and write
+    `~/intel/` (a client id, usage counts) unless the user opted out with
+    `opt_in_out --opt_out`, which is global and permanent. The one scoped opt-out is the
+    telemetry package's CI switch: the model conversion tools initialise it with
+    `disable_in_ci=True`, and it then declines when `CI=true`. So `CI` is set for the
+    duration of the block (nesting and threads share one setting) and restored afterwards;
+    the user's own later conversions re-initialise telemetry with their own choice.
+    """
+    global _telemetry_depth, _telemetry_saved
+    with _telemetry_lock:
+        if _telemetry_depth == 0:
+            _telemetry_saved = os.environ.get("CI")
+            os.environ["CI"] = "true"
+        _telemetry_depth += 1
+    try:
+        yield
+    finally:
+        with _telemetry_lock:
+            _telemetry_depth -= 1
+            if _telemetry_depth == 0:
+                if _telemetry_saved is None:
+                    os.environ.pop("CI", None)
+                else:
+                    os.environ["CI"] = _telemetry_saved
+
+
 def import_openvino() -> Any:
     try:
-        import openvino
+        with no_telemetry():  # importing openvino sends an "import" event
+            import openvino
     except ImportError:
         raise BackendUnavailable(f"openvino is not installed: {INSTALL}") from None
     return openvino
@@ -174,7 +214,8 @@ class OpenVinoBackend:
             onnx_path = scratch / "model.onnx"
             ir.save(model, onnx_path, external_data="model.onnx.data", size_threshold_bytes=1024)
             try:
-                ov_model = ov.convert_model(onnx_path)
+                with no_telemetry():
+                    ov_model = ov.convert_model(onnx_path)
                 ov.save_model(ov_model, out / XML_FILE, compress_to_fp16=compress)
             except Exception as exc:  # OpenVINO raises its own exception types
                 for name in (XML_FILE, BIN_FILE):  # a partial save

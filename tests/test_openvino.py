@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -313,3 +314,43 @@ def test_openvino_runtime_imports_neither_torch_nor_transformers(
 def test_onnxruntime_artifacts_never_import_openvino(tiny_bert_artifact: Exported) -> None:
     report = _load_in_subprocess(tiny_bert_artifact.path)
     assert report == {"after_import": False, "loaded": []}
+
+
+# --------------------------------------------------------------------------- telemetry
+
+EXPORT_AND_LOAD = """
+import json, os, sys
+import numpy as np
+import modelkiln
+modelkiln.export(sys.argv[1], sys.argv[2], target="openvino-cpu")
+session = modelkiln.load(sys.argv[2])
+session.run({"x": np.ones((2, 16), dtype=np.float32)})
+print(json.dumps({"ci": os.environ.get("CI")}))
+"""
+
+
+def _run_with_home(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A fresh interpreter whose home folder is `home`, without CI set (which would turn
+    OpenVINO's telemetry off whatever modelkiln does)."""
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env["HOME"] = str(home)
+    proc = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_export_and_load_send_no_openvino_telemetry(tmp_path: Path, mlp_onnx: Path) -> None:
+    """OpenVINO's telemetry writes a client id under ~/intel before it sends anything; an
+    export, a load and a run through modelkiln leave no such folder, and leave CI unset."""
+    plain = tmp_path / "plain-home"
+    _run_with_home(plain, "-c", "import openvino; openvino.convert_model")
+    if not (plain / "intel").exists():
+        pytest.skip("this openvino leaves no telemetry trace to check against")
+    home = tmp_path / "home"
+    proc = _run_with_home(home, "-c", EXPORT_AND_LOAD, str(mlp_onnx), str(tmp_path / "mlp-ov"))
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"ci": None}
+    # (onnxruntime's import writes ~/.cache/Microsoft/DeveloperTools: not OpenVINO's doing)
+    assert not (home / "intel").exists(), sorted(p.name for p in (home / "intel").rglob("*"))
