@@ -38,7 +38,7 @@ import numpy as np
 from modelkiln import bench_load as load_mod
 from modelkiln import bench_plan as plan
 from modelkiln.artifact import Artifact
-from modelkiln.bench_load import BASELINE_ID
+from modelkiln.bench_load import BASELINE_ID, OPENVINO_DIRECT_ID
 from modelkiln.bench_measure import (
     Config,
     OtherLoad,
@@ -97,6 +97,7 @@ def bench(
     min_time: float = 3.0,
     seed: int = 0,
     allow_pickle: bool = False,
+    vs_openvino: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Measure each artifact (and `baseline`, a checkpoint run in PyTorch eager) at every
@@ -104,7 +105,9 @@ def bench(
 
     `min_time` is the measured time per configuration, split over `rounds`; `warmup` untimed
     runs per configuration come first (at least one). Only the ONNX Runtime and numpy are
-    imported unless `baseline` is given.
+    imported unless `baseline` is given. `vs_openvino` adds the baseline converted by
+    OpenVINO itself (`ov.convert_model`, default settings) as one more subject, so an
+    OpenVINO artifact can be compared with OpenVINO's own route in the same run.
     """
     if isinstance(artifacts, str | os.PathLike):
         artifacts = [artifacts]
@@ -123,6 +126,8 @@ def bench(
         )
     if baseline is not None:
         load_mod.check_checkpoint(baseline)
+    elif vs_openvino:
+        raise UserInputError("--vs-openvino needs --baseline: the checkpoint OpenVINO converts")
     threads = threads or load_mod.usable_cores()
     notes: list[str] = []
     subjects = []
@@ -143,12 +148,29 @@ def bench(
         first = subjects[0]
         base = _Subject(BASELINE_ID, {}, first.dims, first.feeds)
         say(f"loading baseline {baseline} (PyTorch)")
-        base.info, base.run = load_mod.load_baseline(
+        base.info, base.run, model = load_mod.load_baseline(
             baseline, opened[0], first.id, threads, allow_pickle, meter
         )
         _probe(base, meter, say)
+        artifacts_only = list(subjects)
         subjects.insert(0, base)
-    for subject, art in zip(subjects[1:] if baseline else subjects, opened, strict=True):
+        if vs_openvino:
+            direct = _Subject(OPENVINO_DIRECT_ID, {}, first.dims, first.feeds)
+            say(f"converting {baseline} with OpenVINO (ov.convert_model)")
+            direct.info, direct.run = load_mod.load_openvino_direct(
+                baseline,
+                model,
+                opened[0].manifest["outputs"],
+                first.feeds[0],
+                threads,
+                meter,
+            )
+            _probe(direct, meter, say)
+            subjects.insert(1, direct)
+        del model
+    else:
+        artifacts_only = list(subjects)
+    for subject, art in zip(artifacts_only, opened, strict=True):
         say(f"loading {subject.id}")
         subject.run, stats = load_mod.load_artifact(art, subject.id, threads, meter)
         subject.info |= stats

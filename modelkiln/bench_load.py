@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from modelkiln.errors import (
 )
 
 BASELINE_ID = "pytorch"
+OPENVINO_DIRECT_ID = "openvino-direct"
 Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
 
@@ -174,13 +176,17 @@ def load_baseline(
     threads: int,
     allow_pickle: bool,
     meter: PeakMeter,
-) -> tuple[dict[str, Any], Runner]:
-    """Info and runner of the PyTorch baseline; PyTorch is imported only here."""
+) -> tuple[dict[str, Any], Runner, Any]:
+    """Info, runner and model of the PyTorch baseline; PyTorch is imported only here.
+
+    The model is the torch module (or, for an ONNX checkpoint, the ONNX model) the runner
+    calls, so `--vs-openvino` converts exactly what the baseline runs."""
     start = time.perf_counter()
     try:
         import torch
 
-        from modelkiln.pipeline import reference_for
+        from modelkiln.exporter import sources
+        from modelkiln.prepare import model_for
     except ImportError as exc:
         raise BackendUnavailable(
             f"--baseline needs PyTorch ({exc}); install it with: pip install 'modelkiln[export]'"
@@ -193,9 +199,12 @@ def load_baseline(
     torch.set_num_threads(threads)
     task = art.manifest.get("task")
     try:
-        (spec, runner), stats, base = _measure_load(
+        (spec, model, runner), stats, base = _measure_load(
             meter,
-            lambda: reference_for(checkpoint, None if task == "custom" else task, allow_pickle),
+            lambda: model_for(
+                sources.load(checkpoint, allow_pickle=allow_pickle),
+                None if task == "custom" else task,
+            ),
         )
     except UserInputError as exc:  # say which option it was about
         exc.args = (f"--baseline: {exc}",)
@@ -220,4 +229,76 @@ def load_baseline(
         **stats,
         "_base": base,
     }
-    return info, runner
+    return info, runner, model
+
+
+def load_openvino_direct(
+    checkpoint: str,
+    model: Any,
+    outputs: Sequence[str],
+    example: Mapping[str, np.ndarray],
+    threads: int,
+    meter: PeakMeter,
+) -> tuple[dict[str, Any], Runner]:
+    """The baseline's model converted by OpenVINO itself, as its users do without modelkiln.
+
+    `ov.convert_model` straight from the torch module (from the file for an ONNX checkpoint),
+    compiled for the CPU with OpenVINO's defaults except the thread count every subject
+    shares: the yardstick for what our ONNX route to OpenVINO costs or gains.
+    """
+    start = time.perf_counter()
+    try:
+        import openvino as ov
+    except ImportError:
+        raise BackendUnavailable(
+            "--vs-openvino needs openvino: pip install 'modelkiln[openvino]'"
+        ) from None
+    from modelkiln.backends.openvino import no_telemetry, reported_properties
+
+    import_s = time.perf_counter() - start
+
+    def convert_and_compile() -> Any:
+        # torch.jit tracing inside convert_model warns about every data-dependent branch.
+        with no_telemetry(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if Path(checkpoint).suffix == ".onnx":
+                converted = ov.convert_model(checkpoint)
+            else:
+                import torch
+
+                torch_example = {
+                    k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in example.items()
+                }
+                with torch.no_grad():
+                    converted = ov.convert_model(model, example_input=torch_example)
+        return ov.Core().compile_model(converted, "CPU", {"INFERENCE_NUM_THREADS": threads})
+
+    compiled, stats, base = _measure_load(meter, convert_and_compile)
+    names = {name for port in compiled.inputs for name in port.get_names()}
+    missing = sorted(set(example) - names)
+    if missing:
+        raise UserInputError(
+            f"--vs-openvino: OpenVINO's conversion of {checkpoint} has no input(s) "
+            f"{', '.join(missing)} (it has {', '.join(sorted(names))})"
+        )
+    request = compiled.create_infer_request()
+
+    def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+        return {name: request.get_output_tensor(i).data.copy() for i, name in enumerate(outputs)}
+
+    info = {
+        "id": OPENVINO_DIRECT_ID,
+        "kind": "reference",
+        "checkpoint": checkpoint,
+        "runtime": "OpenVINO, ov.convert_model from "
+        + ("the ONNX file" if Path(checkpoint).suffix == ".onnx" else "the PyTorch module")
+        + ", default compile settings",
+        "openvino": ov.get_version(),
+        "compiled": reported_properties(compiled),
+        "threads": threads,
+        "import_s": round(import_s, 3),
+        **stats,
+        "_base": base,
+    }
+    return info, run

@@ -14,6 +14,8 @@ def subject_label(report: Mapping[str, Any], subject_id: str) -> str:
         if s["id"] == subject_id:
             if s["kind"] == "baseline":
                 return "PyTorch" if s["runtime"].startswith("PyTorch") else "ONNX source"
+            if s["kind"] == "reference":
+                return "OpenVINO direct (ov.convert_model)"
             return f"{s['id']} ({s['target']}, {s['precision']})"
     return subject_id
 

@@ -58,6 +58,12 @@ def _check_writable(path: Path, option: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for inputs and order.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in --baseline.")
 @click.option(
+    "--vs-openvino",
+    is_flag=True,
+    help="Also run the --baseline checkpoint converted by OpenVINO itself (ov.convert_model, "
+    "default settings): the yardstick for an OpenVINO artifact.",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(path_type=Path),
@@ -85,6 +91,7 @@ def bench(
     min_time: float,
     seed: int,
     allow_pickle: bool,
+    vs_openvino: bool,
     json_path: Path | None,
     plot_path: Path | None,
     quiet: bool,
@@ -131,6 +138,7 @@ def bench(
         min_time=min_time,
         seed=seed,
         allow_pickle=allow_pickle,
+        vs_openvino=vs_openvino,
         progress=progress,
     )
     text = json.dumps(report, indent=2) + "\n"

@@ -226,6 +226,42 @@ def test_api_report_with_pytorch_baseline(tiny_bert_artifact: Exported) -> None:
     assert markdown_table(report).count("\n") == 1 + len(report["results"])
 
 
+def test_vs_openvino_adds_openvinos_own_conversion(tiny_bert_artifact: Exported) -> None:
+    pytest.importorskip("openvino")
+    report = modelkiln.bench(
+        tiny_bert_artifact.path,
+        baseline=str(tiny_bert_artifact.source),
+        vs_openvino=True,
+        batch=[1],
+        seq=[8, 12],
+        threads=1,
+        **SHORT_API,
+    )
+    json.dumps(report)
+    kinds = [(s["id"], s["kind"]) for s in report["subjects"]]
+    assert kinds == [
+        ("pytorch", "baseline"),
+        ("openvino-direct", "reference"),
+        (str(tiny_bert_artifact.path), "artifact"),
+    ]
+    direct = report["subjects"][1]
+    assert direct["threads"] == 1 and "ov.convert_model" in direct["runtime"]
+    assert direct["compiled"]["inference_num_threads"] == 1
+    rows = [(r["subject"], r["sequence"]) for r in report["results"]]
+    assert ("openvino-direct", 8) in rows and ("openvino-direct", 12) in rows  # dynamic shapes
+    compared = {c["subject"]: c for c in report["comparisons"] if c["sequence"] == 8}
+    # OpenVINO's conversion runs the same model: same outputs as PyTorch on the same feeds.
+    assert compared["openvino-direct"]["max_abs_diff"] < 1e-3
+    assert "OpenVINO direct (ov.convert_model)" in text_table(report)
+
+
+def test_vs_openvino_needs_a_baseline(tiny_bert_artifact: Exported) -> None:
+    result = run_kiln("bench", str(tiny_bert_artifact.path), "--vs-openvino", *SHORT)
+    assert result.exit_code == 2
+    line = _one_error_line(result)
+    assert "--vs-openvino needs --baseline" in line
+
+
 def test_api_can_be_called_again_after_importing_the_module(mlp_artifact: Exported) -> None:
     import modelkiln.bench as module
 
