@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from modelkiln.artifact import Artifact
     from modelkiln.backends.openvino_session import OpenVinoSession
-    from modelkiln.targets import Target
+    from modelkiln.targets import ShapeRange, Target
 
 XML_FILE = "model.xml"
 BIN_FILE = "model.bin"
@@ -178,6 +178,34 @@ def port_names(ports: Any, wanted: list[str], kind: str, where: str) -> dict[str
     return found
 
 
+def bounded_shapes(ov: Any, model: ir.Model, shapes: Mapping[str, ShapeRange]) -> dict[str, Any]:
+    """An OpenVINO PartialShape per input with a dimension the target's [shapes] bounds.
+
+    Dimensions are named as in the manifest (an unnamed one `<input>_dim<axis>`); bounded
+    dimensions let the CPU plugin size its buffers and pick kernels for the range.
+    """
+    result = {}
+    for value in model.graph.inputs:
+        if value.shape is None or not value.name:
+            continue
+        dims, bounded = [], False
+        for axis, dim in enumerate(value.shape):
+            name = None if isinstance(dim, int) else str(dim.value or f"{value.name}_dim{axis}")
+            if name is None:
+                dims.append(ov.Dimension(dim))
+            elif name in shapes:
+                rng = shapes[name]
+                dims.append(
+                    ov.Dimension(rng.min) if rng.min == rng.max else ov.Dimension(rng.min, rng.max)
+                )
+                bounded = True
+            else:
+                dims.append(ov.Dimension())
+        if bounded:
+            result[value.name] = ov.PartialShape(dims)
+    return result
+
+
 class OpenVinoBackend:
     name = "openvino"
 
@@ -216,13 +244,34 @@ class OpenVinoBackend:
             try:
                 with no_telemetry():
                     ov_model = ov.convert_model(onnx_path)
+            except Exception as exc:  # OpenVINO raises its own exception types
+                raise BuildError(
+                    f"openvino cannot convert the ONNX model: {ov_message(exc)}"
+                ) from None
+            # Inputs OpenVINO dropped (unused by the graph) have nothing to bound.
+            present = {n for port in ov_model.inputs for n in port.get_names()}
+            bounds = {
+                k: v for k, v in bounded_shapes(ov, model, target.shapes).items() if k in present
+            }
+            if bounds:
+                try:
+                    ov_model.reshape(bounds)
+                except Exception as exc:  # OpenVINO raises its own exception types
+                    ranges = ", ".join(f"{k} {v}" for k, v in bounds.items())
+                    raise BuildError(
+                        f"openvino cannot bound the inputs of target '{target.name}' to "
+                        f"{ranges}: {ov_message(exc)}"
+                    ) from None
+            input_shapes = {
+                port.get_any_name(): port.get_partial_shape().to_string()
+                for port in ov_model.inputs
+            }
+            try:
                 ov.save_model(ov_model, out / XML_FILE, compress_to_fp16=compress)
             except Exception as exc:  # OpenVINO raises its own exception types
                 for name in (XML_FILE, BIN_FILE):  # a partial save
                     (out / name).unlink(missing_ok=True)
-                raise BuildError(
-                    f"openvino cannot convert the ONNX model: {ov_message(exc)}"
-                ) from None
+                raise BuildError(f"openvino cannot save the model: {ov_message(exc)}") from None
             del ov_model
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -247,6 +296,9 @@ class OpenVinoBackend:
             "files": {"model": XML_FILE, "weights": BIN_FILE},
             "device": device,
             "compress_to_fp16": compress,
+            # The IR's input shapes: the target's [shapes] ranges become bounded dimensions
+            # ("1..256"), a range with min == max a static one.
+            "input_shapes": input_shapes,
             "performance_hint": hint,
             "inference_precision_hint": precision_hint,
             # Properties as reported by the build machine's compiled model; a machine that

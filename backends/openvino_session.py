@@ -127,7 +127,7 @@ class OpenVinoSession(Session):
         Each feed dict is checked like `run`'s (a bad one raises `FeedError` before any
         runs). With a THROUGHPUT target, requests run in parallel on the device's streams.
         """
-        checked = [check_feeds(self.inputs, feeds) for feeds in many]
+        checked = [check_feeds(self.inputs, feeds, self.shape_ranges) for feeds in many]
         if not checked:
             return []
         ov = import_openvino()

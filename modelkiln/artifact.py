@@ -100,6 +100,12 @@ class Artifact:
     def outputs(self) -> dict[str, TensorSpec]:
         return specs_from_json(self.manifest["outputs"])
 
+    @property
+    def shape_ranges(self) -> dict[str, tuple[int, int]]:
+        """(min, max) per named dimension, from the target's [shapes] (none: unbounded)."""
+        shapes = (self.manifest.get("target") or {}).get("shapes") or {}
+        return {dim: (int(r["min"]), int(r["max"])) for dim, r in shapes.items()}
+
     def file(self, role: str) -> Path:
         """Path of a backend file by role (e.g. "model"), as recorded at build time."""
         return self.path / self.manifest["backend"]["files"][role]

@@ -15,7 +15,14 @@ from modelkiln.errors import FeedError
 from modelkiln.tensors import TensorSpec
 
 
-def check_feeds(specs: Mapping[str, TensorSpec], feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def check_feeds(
+    specs: Mapping[str, TensorSpec],
+    feeds: Mapping[str, Any],
+    ranges: Mapping[str, tuple[int, int]] | None = None,
+) -> dict[str, np.ndarray]:
+    """`ranges`: the sizes (min, max) each named dimension may take, from the artifact's
+    target; a backend built for them may fail or be wrong outside."""
+    ranges = ranges or {}
     expected = ", ".join(f"{n}: {s}" for n, s in specs.items())
     missing = [name for name in specs if name not in feeds]
     if missing:
@@ -56,5 +63,11 @@ def check_feeds(specs: Mapping[str, TensorSpec], feeds: Mapping[str, Any]) -> di
                 )
             else:
                 bound.setdefault(dim, (size, name))
+                low, high = ranges.get(dim, (size, size))
+                if not low <= size <= high:
+                    raise FeedError(
+                        f"input '{name}' has {dim} {size} (axis {axis}, shape "
+                        f"{list(value.shape)}); this artifact takes {dim} from {low} to {high}"
+                    )
         arrays[name] = value
     return arrays

@@ -33,6 +33,7 @@ from modelkiln.golden import save_golden
 from modelkiln.prepare import Prepared, prepare, reference_for
 from modelkiln.progress import Progress
 from modelkiln.targets import Target, load_target
+from modelkiln.targets.shapes import common_ranges
 from modelkiln.tensors import TensorSpec, specs_to_json
 from modelkiln.versions import tool_versions
 
@@ -118,9 +119,17 @@ def export_targets(
         backend = get_backend(tgt.backend)
         backend.check(tgt)
         backends.append(backend)
+    common_ranges([tgt for _, tgt in resolved])  # disjoint shape ranges: one line, exit 2
     cache = BuildCache(Path(cache_dir) if cache_dir else None) if use_cache else None
     prepared = prepare(
-        str(checkpoint), task, allow_pickle, dump_dir, progress, cache, reference=validate
+        str(checkpoint),
+        task,
+        allow_pickle,
+        dump_dir,
+        progress,
+        cache,
+        reference=validate,
+        targets=[tgt for _, tgt in resolved],
     )
     shared = dict(progress.times)
     results = []
@@ -171,7 +180,9 @@ def _build_one(
             tolerance = spec.tolerance_for(tgt.precision)
             with progress.stage("validate", f"validating {tgt.name} against the reference"):
                 session = backend.load(Artifact(stage, manifest))
-                report = compare_samples(prepared.samples, session.run, tolerance, spec.check_dims)
+                report = compare_samples(
+                    prepared.samples, session.run, tolerance, prepared.check_dims
+                )
                 probe_ms = _probe(session, prepared.samples[0][0])
             report["reference"] = prepared.reference
             if not report["passed"]:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelkiln.cache import BuildCache
+from modelkiln.cache import BuildCache, CacheEntry
 from modelkiln.golden import Sample
 from modelkiln.progress import Progress
+from modelkiln.targets import Target
+from modelkiln.targets.shapes import validation_dims
 
 
 @dataclass
@@ -25,10 +28,11 @@ class Prepared:
     spec: Any  # modelkiln.exporter.specs.TaskSpec
     model: Any  # onnx_ir.Model, simplified
     passes: list[dict[str, Any]]
-    samples: list[Sample]  # reference inputs and outputs at spec.check_dims
+    samples: list[Sample]  # reference inputs and outputs at check_dims
     reference: str  # what produced the samples
     preprocessing: list[Path] = field(default_factory=list)
     cache: dict[str, Any] = field(default_factory=dict)
+    check_dims: tuple[dict[str, int], ...] = ()  # validation shapes, inside every target's ranges
 
 
 def prepare(
@@ -39,9 +43,17 @@ def prepare(
     progress: Progress,
     cache: BuildCache | None,
     reference: bool = True,
+    targets: Sequence[Target] = (),
 ) -> Prepared:
     """`reference=False` (exports with --no-validate) skips running the reference model;
-    such a result has no samples and is not stored in the cache."""
+    such a result has no samples and is not stored in the cache.
+
+    The validation shapes are the task's defaults moved inside the `targets`' shape ranges
+    (`modelkiln.targets.shapes`). A cache entry's reference samples hold one set of shapes:
+    the task's defaults under the plain key, other shapes under a key that includes them,
+    so ranges that leave the defaults alone share the plain entry. An entry whose model is
+    cached but whose samples are for other shapes only needs the reference re-run.
+    """
     from modelkiln.exporter import sources
     from modelkiln.exporter.specs import TaskSpec
 
@@ -49,46 +61,111 @@ def prepare(
         source = sources.load(checkpoint, allow_pickle=allow_pickle)
         check_task_fits(source, task)
         source_info = source.describe()  # hashes the weights
-        key = None
+        parts = None
+        model_entry = None  # a cache entry holding the model, with samples for other shapes
         # Only Hugging Face folders are cached: all their content is in files we can hash.
         if cache is not None and isinstance(source, sources.HFCheckpoint) and dump_dir is None:
-            key = cache.key(
-                {
-                    "weights": [w["sha256"] for w in source_info["weights"]],
-                    "config": hashlib.sha256(
-                        (source.path / "config.json").read_bytes()
-                    ).hexdigest(),
-                    "task": task,
-                }
-            )
-            entry = cache.get(key)
+            parts = {
+                "weights": [w["sha256"] for w in source_info["weights"]],
+                "config": hashlib.sha256((source.path / "config.json").read_bytes()).hexdigest(),
+                "task": task,
+            }
+            entry = cache.get(_key(cache, parts, None))
             if entry is not None:
-                stage.label = "loading the traced model from the build cache (no tracing)"
-                return Prepared(
-                    source_info=source_info,
-                    spec=TaskSpec.from_json(entry.meta["spec"]),
-                    model=entry.load_model(),
-                    passes=entry.meta["passes"],
-                    samples=entry.samples(),
-                    reference=entry.meta["reference"],
-                    preprocessing=source.preprocessing,
-                    cache={"key": key, "hit": True},
-                )
+                spec = TaskSpec.from_json(entry.meta["spec"])
+                dims = check_dims_for(spec, targets)
+                if reference and not _holds(entry, spec, dims):
+                    model_entry = entry
+                    entry = cache.get(_key(cache, parts, dims))
+                    if entry is not None and not _holds(entry, spec, dims):
+                        entry = None
+                if entry is not None:
+                    stage.label = "loading the traced model from the build cache (no tracing)"
+                    return Prepared(
+                        source_info=source_info,
+                        spec=spec,
+                        model=entry.load_model(),
+                        passes=entry.meta["passes"],
+                        samples=entry.samples() if reference else [],
+                        reference=entry.meta["reference"],
+                        preprocessing=source.preprocessing,
+                        cache={"key": entry.key, "hit": True},
+                        check_dims=dims,
+                    )
         spec, model, runner = model_for(source, task)
-    prepared = _trace_and_simplify(
-        source, source_info, spec, model, runner if reference else None, dump_dir, progress
-    )
-    if key is not None and cache is not None and reference:
+        dims = check_dims_for(spec, targets)
+    if model_entry is not None and reference:
+        prepared = _rerun_reference(source, source_info, spec, model_entry, runner, dims, progress)
+    else:
+        prepared = _trace_and_simplify(
+            source,
+            source_info,
+            spec,
+            model,
+            runner if reference else None,
+            dims,
+            dump_dir,
+            progress,
+        )
+    if parts is not None and cache is not None and reference:
+        key = _key(cache, parts, dims if dims != tuple(spec.check_dims) else None)
         with progress.stage("cache", "storing the traced model in the build cache"):
             meta = {
                 "spec": prepared.spec.to_json(),
                 "passes": prepared.passes,
                 "reference": prepared.reference,
                 "source": source_info,
+                "check_dims": [dict(d) for d in dims],
             }
             cache.put(key, prepared.model, meta, prepared.samples)
         prepared.cache = {"key": key, "hit": False}
+        if model_entry is not None:
+            prepared.cache["model_from"] = model_entry.key
     return prepared
+
+
+def check_dims_for(spec: Any, targets: Sequence[Target]) -> tuple[dict[str, int], ...]:
+    """The spec's validation shapes inside every target's ranges; refuses [shapes] names
+    the model does not have."""
+    dynamic = list(dict.fromkeys(a for d in spec.inputs for a in d.axes if isinstance(a, str)))
+    return validation_dims(spec.check_dims, dynamic, spec.limits, targets)
+
+
+def _key(cache: BuildCache, parts: dict[str, Any], dims: Sequence[Mapping[str, int]] | None) -> str:
+    """The plain key for the task's default validation shapes, else one naming the shapes."""
+    return cache.key(parts if dims is None else {**parts, "check_dims": [dict(d) for d in dims]})
+
+
+def _holds(entry: CacheEntry, spec: Any, dims: Sequence[Mapping[str, int]]) -> bool:
+    """Whether the entry's reference samples are at `dims` (older entries: the defaults)."""
+    held = entry.meta.get("check_dims", [dict(d) for d in spec.check_dims])
+    return bool(held == [dict(d) for d in dims])
+
+
+def _rerun_reference(
+    source: Any,
+    source_info: dict[str, Any],
+    spec: Any,
+    entry: CacheEntry,
+    runner: Any,
+    dims: tuple[dict[str, int], ...],
+    progress: Progress,
+) -> Prepared:
+    """The cached model with reference samples at new shapes: no tracing."""
+    from modelkiln.exporter.reference import reference_samples
+
+    with progress.stage("reference", "running the reference (traced model from the cache)"):
+        samples = reference_samples(runner, spec, dims)
+    return Prepared(
+        source_info,
+        spec,
+        entry.load_model(),
+        entry.meta["passes"],
+        samples,
+        entry.meta["reference"],
+        source.preprocessing,
+        check_dims=dims,
+    )
 
 
 def _trace_and_simplify(
@@ -97,6 +174,7 @@ def _trace_and_simplify(
     spec: Any,
     model: Any,
     runner: Any,
+    dims: tuple[dict[str, int], ...],
     dump_dir: Path | None,
     progress: Progress,
 ) -> Prepared:
@@ -115,9 +193,11 @@ def _trace_and_simplify(
     samples = []
     if runner is not None:
         with progress.stage("reference", "running the reference"):
-            samples = reference_samples(runner, spec)
+            samples = reference_samples(runner, spec, dims)
     reference = "onnx source (onnxruntime)" if isinstance(source, OnnxSource) else "pytorch"
-    return Prepared(source_info, spec, model, log, samples, reference, source.preprocessing)
+    return Prepared(
+        source_info, spec, model, log, samples, reference, source.preprocessing, check_dims=dims
+    )
 
 
 def reference_for(checkpoint: str, task: str | None, allow_pickle: bool = False) -> tuple[Any, Any]:

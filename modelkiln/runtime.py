@@ -20,9 +20,11 @@ class Session:
         self.artifact = artifact
         self.inputs: dict[str, TensorSpec] = artifact.inputs
         self.outputs: dict[str, TensorSpec] = artifact.outputs
+        # Sizes each named dimension may take (min, max), from the target's [shapes].
+        self.shape_ranges: dict[str, tuple[int, int]] = artifact.shape_ranges
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        return self._run(check_feeds(self.inputs, feeds))
+        return self._run(check_feeds(self.inputs, feeds, self.shape_ranges))
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
