@@ -224,3 +224,33 @@ def test_the_cache_keeps_reference_samples_per_set_of_shapes(
             ids = {golden[k].shape[1] for k in golden.files if k.endswith("__in__input_ids")}
         assert ids == lengths
         assert run_kiln("validate", tmp_path / name).exit_code == 0
+
+
+def _target(name: str, **ranges: tuple[int, int]):
+    from modelkiln.targets import ShapeRange, Target
+
+    shapes = {d: ShapeRange(lo, lo, hi) for d, (lo, hi) in ranges.items()}
+    return Target(name=name, backend="onnxruntime", shapes=shapes)
+
+
+@pytest.mark.parametrize(
+    ("ranges", "expected"),
+    [
+        ({}, [16, 37]),  # no range: the task's defaults
+        ({"sequence": (1, 64)}, [16, 37]),  # the defaults fit
+        ({"sequence": (20, 30)}, [20, 30]),  # one below, one above
+        ({"sequence": (4, 12)}, [8, 12]),  # both above: kept apart
+        ({"sequence": (40, 100)}, [40, 70]),  # both below: kept apart
+        ({"sequence": (100, 500)}, [100, 114]),  # capped at the model's limit (128)
+        ({"sequence": (9, 9)}, [9, 9]),  # static
+    ],
+)
+def test_validation_shapes_inside_ranges(ranges: dict, expected: list[int]) -> None:
+    from modelkiln.targets.shapes import validation_dims
+
+    defaults = ({"batch": 1, "sequence": 16}, {"batch": 3, "sequence": 37})
+    dims = validation_dims(
+        defaults, ["batch", "sequence"], {"sequence": 128}, [_target("t", **ranges)]
+    )
+    assert [d["sequence"] for d in dims] == expected
+    assert [d["batch"] for d in dims] == [1, 3]
