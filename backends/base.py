@@ -28,6 +28,13 @@ class Backend(Protocol):
 
         Returns the manifest's `backend` section: at least `files` (role -> relative path);
         anything else recorded there (options, versions) is the backend's own.
+
+        A backend that builds reduced precisions lists them in a `precisions` attribute
+        (the order `--precision auto` tries them) and the ones that need calibration
+        samples in `calibrated`; its build then also takes keyword arguments
+        `calibration` (batch-1 feed dicts, given for those precisions) and `keep` (ONNX
+        node names to leave in floating point: mixed precision). A backend without these
+        attributes builds fp32 only and is called with the three arguments above.
         """
 
     def load(self, artifact: Artifact, **options: Any) -> Session:

@@ -7,6 +7,9 @@ model shared with other backends.
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,11 +37,14 @@ DEFAULT_EXTERNAL_DATA_THRESHOLD = 1 << 30  # protobuf cannot hold more than 2 Gi
 LEVELS = ("disable", "basic", "extended", "all")
 OPTIONS = {"graph_optimization_level", "external_data_threshold_bytes"}
 DEVICES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-PRECISIONS = ("fp32",)
+# Every precision this backend builds, in the order `--precision auto` tries them.
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4-weights")
 
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    precisions = PRECISIONS
+    calibrated = ("int8-static",)  # precisions that need calibration samples
 
     def check(self, target: Target) -> None:
         try:
@@ -59,9 +65,19 @@ class OnnxRuntimeBackend:
                 f"(it has {', '.join(ort.get_available_providers())})"
             )
 
-    def build(self, model: ir.Model, target: Target, out: Path) -> dict[str, Any]:
+    def build(
+        self,
+        model: ir.Model,
+        target: Target,
+        out: Path,
+        *,
+        calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
+        keep: Sequence[str] = (),
+    ) -> dict[str, Any]:
         import onnx_ir as ir
 
+        if target.precision != "fp32":
+            return self._build_reduced(model, target, out, calibration, keep)
         threshold = int(
             target.options.get("external_data_threshold_bytes", DEFAULT_EXTERNAL_DATA_THRESHOLD)
         )
@@ -86,6 +102,50 @@ class OnnxRuntimeBackend:
             "graph_optimization_level": target.options.get("graph_optimization_level", "all"),
             "onnxruntime_version": ort.__version__,
         }
+
+    def _build_reduced(
+        self,
+        model: ir.Model,
+        target: Target,
+        out: Path,
+        calibration: Sequence[Mapping[str, np.ndarray]] | None,
+        keep: Sequence[str],
+    ) -> dict[str, Any]:
+        import onnx_ir as ir
+        import onnxruntime as ort
+
+        from modelkiln.backends.ort_quantize import quantize
+
+        record = quantize(
+            ir.serde.serialize_model(model),
+            target.precision,
+            out / MODEL_FILE,
+            calibration=calibration,
+            keep=keep,
+            calibration_cache=self._calibration_cache(model, calibration),
+        )
+        return {
+            "name": self.name,
+            "files": {"model": MODEL_FILE},
+            "device": target.device,
+            "provider": DEVICES[target.device],
+            "graph_optimization_level": target.options.get("graph_optimization_level", "all"),
+            "onnxruntime_version": ort.__version__,
+            "quantization": record,
+        }
+
+    def _calibration_cache(
+        self, model: ir.Model, calibration: Sequence[Mapping[str, np.ndarray]] | None
+    ) -> Path | None:
+        """A per-process JSON file of activation ranges for this model and calibration set:
+        the mixed-precision search rebuilds one model many times with the same samples."""
+        if not calibration:
+            return None
+        if getattr(self, "_scratch", None) is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="kiln-ort-calibration-")
+        shapes = [tuple(sorted((k, v.shape) for k, v in f.items())) for f in calibration]
+        key = hashlib.sha256(repr((id(model), id(calibration), shapes)).encode()).hexdigest()
+        return Path(self._scratch.name) / f"{key[:20]}.json"
 
     def load(self, artifact: Artifact, **options: Any) -> OnnxRuntimeSession:
         return OnnxRuntimeSession(artifact, **options)

@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ from modelkiln.backends.base import (
 from modelkiln.errors import BackendUnavailable, BuildError, UserInputError
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnx_ir as ir
 
     from modelkiln.artifact import Artifact
@@ -46,10 +47,19 @@ if TYPE_CHECKING:
 XML_FILE = "model.xml"
 BIN_FILE = "model.bin"
 INSTALL = "pip install 'modelkiln[openvino]'"
-OPTIONS = {"performance_hint", "compress_to_fp16"}
+OPTIONS = {"performance_hint", "compress_to_fp16", "smooth_quant"}
+QUANTIZED = ("int8-weights", "int8-static", "int4-weights")
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
 # Our precision names -> OpenVINO's INFERENCE_PRECISION_HINT values.
-PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+# Our precision names -> the INFERENCE_PRECISION_HINT each compiles with. Quantized models
+# keep f32 for what stays floating point (bf16 would silently change those numerics too).
+PRECISIONS = {
+    "fp32": "f32",
+    "bf16": "bf16",
+    "int8-weights": "f32",
+    "int8-static": "f32",
+    "int4-weights": "f32",
+}
 
 
 _telemetry_lock = threading.Lock()
@@ -208,12 +218,24 @@ def bounded_shapes(ov: Any, model: ir.Model, shapes: Mapping[str, ShapeRange]) -
 
 class OpenVinoBackend:
     name = "openvino"
+    precisions = tuple(PRECISIONS)  # the order `--precision auto` tries them
+    calibrated = ("int8-static",)
+
+    def __init__(self) -> None:
+        # NNCF-quantized models by (model, precision, calibration): the mixed-precision
+        # search builds one model many times with different nodes kept float.
+        self._quantized: dict[tuple[int, str, int], tuple[Any, dict[str, Any]]] = {}
 
     def check(self, target: Target) -> None:
         ov = import_openvino()
         check_options(target, self.name, OPTIONS)
         option_choice(target, "performance_hint", PERFORMANCE_HINTS, "LATENCY", ignore_case=True)
         option_flag(target, "compress_to_fp16", False)
+        option_flag(target, "smooth_quant", False)
+        if target.precision in QUANTIZED:
+            from modelkiln.backends.openvino_quantize import import_nncf
+
+            import_nncf()
         check_precision(target, self.name, list(PRECISIONS))
         try:
             available = list(ov.Core().available_devices)
@@ -225,10 +247,19 @@ class OpenVinoBackend:
             target, self.name, [d.lower() for d in available], available=True, ignore_case=True
         )
 
-    def build(self, model: ir.Model, target: Target, out: Path) -> dict[str, Any]:
+    def build(
+        self,
+        model: ir.Model,
+        target: Target,
+        out: Path,
+        *,
+        calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
+        keep: Sequence[str] = (),
+    ) -> dict[str, Any]:
         import onnx_ir as ir
 
         ov = import_openvino()
+        quantization: dict[str, Any] | None = None
         compress = option_flag(target, "compress_to_fp16", False)
         hint = option_choice(target, "performance_hint", PERFORMANCE_HINTS, "LATENCY", True)
         precision_hint = PRECISIONS[target.precision]
@@ -266,6 +297,8 @@ class OpenVinoBackend:
                 port.get_any_name(): port.get_partial_shape().to_string()
                 for port in ov_model.inputs
             }
+            if target.precision in QUANTIZED:
+                ov_model, quantization = self._quantize(model, ov_model, target, calibration, keep)
             try:
                 ov.save_model(ov_model, out / XML_FILE, compress_to_fp16=compress)
             except Exception as exc:  # OpenVINO raises its own exception types
@@ -305,7 +338,34 @@ class OpenVinoBackend:
             # loads the artifact may report others (e.g. f32 on a CPU without bf16).
             "compiled": reported,
             "openvino_version": ov.get_version(),
+            **({"quantization": quantization} if quantization else {}),
         }
+
+    def _quantize(
+        self,
+        model: ir.Model,
+        ov_model: Any,
+        target: Target,
+        calibration: Sequence[Mapping[str, np.ndarray]] | None,
+        keep: Sequence[str],
+    ) -> tuple[Any, dict[str, Any]]:
+        from modelkiln.backends.openvino_quantize import keep_float, quantize
+
+        key = (id(model), target.precision, id(calibration))
+        if key not in self._quantized:
+            self._quantized[key] = quantize(
+                ov_model,
+                target.precision,
+                calibration=calibration,
+                smooth_quant=option_flag(target, "smooth_quant", False),
+            )
+        quantized, record = self._quantized[key]
+        mixed, missing = keep_float(quantized, keep)
+        if missing:
+            raise BuildError(
+                f"cannot keep {', '.join(missing)} in floating point: the model has no such node"
+            )
+        return mixed, {**record, "kept_fp32": sorted(keep)}
 
     def load(self, artifact: Artifact, **options: Any) -> OpenVinoSession:
         from modelkiln.backends.openvino_session import OpenVinoSession

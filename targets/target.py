@@ -15,7 +15,16 @@ from typing import Any
 
 from modelkiln.errors import UnknownTargetError, UserInputError
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8-dynamic", "int8-static", "int4-weights", "auto")
+PRECISIONS = (
+    "fp32",
+    "fp16",
+    "bf16",
+    "int8-dynamic",
+    "int8-static",
+    "int8-weights",
+    "int4-weights",
+    "auto",
+)
 
 
 @dataclass(frozen=True)

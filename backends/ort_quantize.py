@@ -1,0 +1,237 @@
+"""Reduced precisions for the ONNX Runtime backend, each with ONNX Runtime's own tool.
+
+- fp16: `onnxruntime.transformers.float16`, inputs and outputs kept fp32, numerically
+  sensitive ops (softmax, normalizations, reductions) kept fp32.
+- int8-dynamic: `quantize_dynamic`, per-channel int8 weights of MatMul/Gemm (and the
+  embedding tables' Gather), activations quantized at run time.
+- int8-static: `quantize_static` in QDQ format (explicit quantization, the form TensorRT
+  needs too), per-channel weights, activation ranges from the calibration samples.
+- int4-weights: MatMulNBits 4-bit block-quantized weights.
+
+`keep` names ONNX nodes to leave in fp32 (mixed precision). Everything runs on a protobuf
+copy in a scratch folder; only the final model is written into the artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelkiln.errors import BuildError
+
+QUANTIZED = ("int8-dynamic", "int8-static", "int4-weights")
+HALF = ("fp16",)
+NEEDS_CALIBRATION = ("int8-static",)
+# Kept in fp32 by the fp16 conversion: their reductions overflow or lose too much in fp16.
+FP16_BLOCKED = (
+    "Softmax",
+    "LayerNormalization",
+    "ReduceMean",
+    "ReduceSum",
+    "Pow",
+    "Sqrt",
+    "Erf",
+    "Exp",
+    "Range",
+    "CumSum",
+)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The quantization tools log advice and progress on the root logger; modelkiln reports
+    what matters itself."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+class _Reader:
+    """onnxruntime.quantization.CalibrationDataReader over in-memory feed dicts."""
+
+    def __init__(self, samples: Sequence[Mapping[str, np.ndarray]]) -> None:
+        self._samples = samples
+        self._it: Iterator[Mapping[str, np.ndarray]] = iter(samples)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        item = next(self._it, None)
+        return None if item is None else dict(item)
+
+    def rewind(self) -> None:
+        self._it = iter(self._samples)
+
+
+def quantize(
+    proto: Any,
+    precision: str,
+    out_file: Path,
+    *,
+    calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
+    keep: Sequence[str] = (),
+    calibration_cache: Path | None = None,
+) -> dict[str, Any]:
+    """Write `proto` at `precision` to `out_file`; returns what the manifest records.
+
+    `calibration_cache` (a JSON file, created on first use) lets repeated int8-static builds
+    of one model with one calibration set, as the mixed-precision search makes, skip
+    calibration."""
+    import onnx
+
+    scratch = Path(tempfile.mkdtemp(prefix=".ort-quantize-", dir=out_file.parent))
+    try:
+        source = scratch / "fp32.onnx"
+        onnx.save(proto, str(source), save_as_external_data=False)
+        record: dict[str, Any] = {"precision": precision, "kept_fp32": sorted(keep)}
+        try:
+            with _quiet():
+                if precision == "fp16":
+                    record |= _fp16(source, out_file, keep)
+                elif precision == "int8-dynamic":
+                    record |= _int8_dynamic(source, out_file, keep)
+                elif precision == "int8-static":
+                    if not calibration:
+                        raise BuildError("int8-static needs calibration samples")
+                    record |= _int8_static(source, out_file, calibration, keep, calibration_cache)
+                elif precision == "int4-weights":
+                    record |= _int4_weights(source, out_file, keep)
+                else:
+                    raise BuildError(f"onnxruntime cannot build precision {precision}")
+        except BuildError:
+            raise
+        except Exception as exc:  # the quantization tools raise assorted types
+            raise BuildError(
+                f"onnxruntime quantization to {precision} failed: "
+                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+            ) from exc
+        return record
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _fp16(source: Path, out_file: Path, keep: Sequence[str]) -> dict[str, Any]:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(
+        onnx.load(str(source)),
+        keep_io_types=True,
+        op_block_list=list(FP16_BLOCKED),
+        node_block_list=list(keep) or None,
+    )
+    onnx.save(model, str(out_file))
+    return {"tool": "onnxruntime.transformers.float16", "fp32_ops": list(FP16_BLOCKED)}
+
+
+def _int8_dynamic(source: Path, out_file: Path, keep: Sequence[str]) -> dict[str, Any]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    ops = ["MatMul", "Gemm", "Gather"]
+    quantize_dynamic(
+        source,
+        out_file,
+        op_types_to_quantize=ops,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(keep),
+        extra_options={"MatMulConstBOnly": True},
+    )
+    return {"tool": "onnxruntime.quantization.quantize_dynamic", "ops": ops, "per_channel": True}
+
+
+def _int8_static(
+    source: Path,
+    out_file: Path,
+    samples: Sequence[Mapping[str, np.ndarray]],
+    keep: Sequence[str],
+    cache: Path | None,
+) -> dict[str, Any]:
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = source.with_name("prepared.onnx")
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    ops = ["MatMul", "Gemm", "Conv", "Gather"]
+    quantize_static(
+        prepared,
+        out_file,
+        _Reader(samples),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=ops,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(keep),
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"MatMulConstBOnly": True},
+        calibration_cache_path=cache,
+    )
+    if keep:
+        _float_inputs(out_file, keep)
+    return {
+        "tool": "onnxruntime.quantization.quantize_static",
+        "format": "QDQ",
+        "ops": ops,
+        "per_channel": True,
+        "activations": "uint8",
+        "weights": "int8",
+        "calibration": {"method": "MinMax", "samples": len(samples)},
+    }
+
+
+def _int4_weights(source: Path, out_file: Path, keep: Sequence[str]) -> dict[str, Any]:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    block = 32
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(source)),
+        bits=4,
+        block_size=block,
+        is_symmetric=True,
+        nodes_to_exclude=list(keep),
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(out_file), use_external_data_format=False)
+    return {"tool": "MatMulNBits", "bits": 4, "block_size": block, "symmetric": True}
+
+
+def _float_inputs(path: Path, keep: Sequence[str]) -> None:
+    """Feed the kept nodes their activations unquantized.
+
+    `nodes_to_exclude` keeps a node's weights float, but a QDQ pair on an activation is
+    shared by all its consumers, so an excluded node still reads int8-rounded values (the
+    query projection shares its input with key and value). Rewire the kept nodes to the
+    tensor before its QuantizeLinear."""
+    import onnx_ir as ir
+    from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+    model = ir.load(path)
+    wanted = set(keep)
+    for node in model.graph:
+        if node.name not in wanted:
+            continue
+        for index, value in enumerate(node.inputs):
+            dq = value.producer() if value is not None else None
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = dq.inputs[0].producer() if dq.inputs[0] is not None else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.replace_input_with(index, q.inputs[0])
+    RemoveUnusedNodesPass()(model)
+    ir.save(model, path)
