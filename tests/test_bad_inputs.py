@@ -122,7 +122,8 @@ def _target_unknown_option(tmp: Path, ckpt: dict[str, Path]) -> tuple[list[str],
 
 
 def _target_unsupported_precision(tmp: Path, ckpt: dict[str, Path]) -> tuple[list[str], str]:
-    return _target_toml(tmp, ckpt, 'backend = "onnxruntime"\nprecision = "fp16"\n'), "fp16"
+    # onnxruntime builds fp32, fp16 and integer precisions, not bf16.
+    return _target_toml(tmp, ckpt, 'backend = "onnxruntime"\nprecision = "bf16"\n'), "bf16"
 
 
 def _target_unavailable_device(tmp: Path, ckpt: dict[str, Path]) -> tuple[list[str], str]:
