@@ -14,6 +14,7 @@ from modelkiln.cli_bench import bench
 from modelkiln.cli_common import err, handle_errors, human_size, out, print_columns
 from modelkiln.cli_targets import cache, targets
 from modelkiln.errors import ValidationError
+from modelkiln.targets.target import PRECISIONS as PRECISION_CHOICES
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,6 +90,52 @@ def main(debug: bool) -> None:
     default=None,
     help="Write the model after each graph pass into this folder.",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISION_CHOICES),
+    default=None,
+    help="Override the targets' precision. Reduced precisions are measured against fp32 "
+    "PyTorch on evaluation data; 'auto' builds each precision the backend offers and keeps "
+    "the fastest that meets --min-cosine / --min-top1-agreement.",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(path_type=Path),
+    default=None,
+    help='Calibration data: .txt (one text per line), .jsonl ({"text": ...}) or .npz (one '
+    "array per input, samples on the first axis). Needed by int8-static; a share is held "
+    "back for evaluation unless --eval is given.",
+)
+@click.option(
+    "--calibration-size",
+    type=int,
+    default=None,
+    help="Use at most N calibration samples (spread over the file).",
+)
+@click.option(
+    "--eval",
+    "eval_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Evaluation data (same formats), kept apart from calibration.",
+)
+@click.option(
+    "--min-cosine",
+    type=float,
+    default=None,
+    help="Accuracy budget: lowest embedding cosine to fp32 on any evaluation sample.",
+)
+@click.option(
+    "--min-top1-agreement",
+    type=float,
+    default=None,
+    help="Accuracy budget for classifiers: share of top-1 decisions equal to fp32.",
+)
+@click.option(
+    "--keep-best",
+    is_flag=True,
+    help="With --precision auto: when no candidate meets the budget, write the closest.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @handle_errors
@@ -104,6 +151,13 @@ def export(
     allow_pickle: bool,
     no_validate: bool,
     dump_passes: Path | None,
+    precision: str | None,
+    calibration: Path | None,
+    calibration_size: int | None,
+    eval_file: Path | None,
+    min_cosine: float | None,
+    min_top1_agreement: float | None,
+    keep_best: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -116,8 +170,19 @@ def export(
     The artifact appears at OUTPUT only once it has been built and its outputs match the
     PyTorch reference on two input shapes; any mismatch fails with exit code 1.
     """
+    from modelkiln.exporter.accuracy import Budget
     from modelkiln.pipeline import export_many, export_targets
+    from modelkiln.precision import PrecisionOptions
     from modelkiln.progress import Progress
+
+    precision_options = PrecisionOptions(
+        precision=precision,
+        calibration=calibration,
+        evaluation=eval_file,
+        calibration_size=calibration_size,
+        budget=Budget(min_cosine=min_cosine, min_top1_agreement=min_top1_agreement),
+        keep_best=keep_best,
+    )
 
     options: dict[str, Any] = {
         "task": task,
@@ -127,6 +192,7 @@ def export(
         "dump_passes": dump_passes,
         "cache_dir": cache_dir,
         "use_cache": not no_cache,
+        "precision": precision_options,
         "progress": Progress(quiet=quiet or as_json, console=err),
     }
     try:
@@ -160,6 +226,12 @@ def export(
             "time": f"{times}  total {sum(result.times.values()):.1f}s",
             "validation": summary["validation"],
         }
+        accuracy = result.manifest.get("accuracy")
+        if accuracy:
+            from modelkiln.exporter.accuracy import summary as accuracy_text
+
+            rows["precision"] = str(result.manifest.get("precision"))
+            rows["accuracy"] = f"{accuracy_text(accuracy)} (vs fp32 PyTorch)"
         for key, value in rows.items():
             err.print(f"{key:<11}{value}", soft_wrap=True, markup=False)
         return
@@ -192,10 +264,22 @@ def _export_summary(result: Any) -> dict[str, Any]:
         "backend": result.manifest["backend"]["name"],
         "times": {k: round(v, 3) for k, v in result.times.items()},
         "validation": _validation_line(result.manifest["validation"]),
+        "precision": result.manifest.get("precision"),
+        "accuracy": _accuracy_summary(result.manifest.get("accuracy")),
         "probe_ms": None if result.probe_ms is None else round(result.probe_ms, 3),
         "cache": result.manifest.get("cache", {}),
         "passed": True,
     }
+
+
+def _accuracy_summary(section: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not section:
+        return None
+    keys = ("metric", "cosine", "top1_agreement", "max_abs_diff", "samples", "worst", "misses")
+    summary = {k: section[k] for k in keys if k in section}
+    if "search" in section:
+        summary["chosen"] = section["search"]["chosen"]
+    return summary
 
 
 def _validation_line(report: dict[str, Any]) -> str:

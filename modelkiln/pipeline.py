@@ -7,6 +7,7 @@ appears at its output path only after it validated.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import shutil
 import statistics
@@ -29,7 +30,22 @@ from modelkiln.artifact import (
 from modelkiln.backends import Backend, get_backend
 from modelkiln.cache import BuildCache
 from modelkiln.errors import UserInputError, ValidationError
+from modelkiln.exporter.accuracy import check_budget_fits
 from modelkiln.golden import save_golden
+from modelkiln.precision import (
+    QUANTIZED,
+    Evaluation,
+    PrecisionOptions,
+    accuracy_section,
+    build_arguments,
+    check_backend,
+    check_request,
+    load_evaluation,
+    needs_evaluation,
+    replay_validation,
+    run_search,
+    with_precision,
+)
 from modelkiln.prepare import Prepared, prepare, reference_for
 from modelkiln.progress import Progress
 from modelkiln.targets import Target, load_target
@@ -96,16 +112,24 @@ def export_targets(
     dump_passes: str | Path | None = None,
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
+    precision: PrecisionOptions | None = None,
     progress: Progress | None = None,
 ) -> list[ExportResult]:
     """Trace and simplify `checkpoint` once, then build and validate one artifact per
-    (output path, target). Every input is checked before any slow work starts."""
+    (output path, target). Every input is checked before any slow work starts.
+
+    `precision` overrides the targets' precision and brings calibration/evaluation data
+    and the accuracy budget (see `modelkiln.precision`)."""
     from modelkiln.exporter.specs import check_task
 
+    options = precision or PrecisionOptions()
     progress = progress or Progress(quiet=True)
     protected = checkpoint_path(str(checkpoint))
     dump_dir = Path(dump_passes) if dump_passes else None
-    resolved = [(Path(out), load_target(t) if isinstance(t, str) else t) for out, t in plan]
+    resolved = [
+        (Path(out), with_precision(load_target(t) if isinstance(t, str) else t, options))
+        for out, t in plan
+    ]
     outs = [out.resolve() for out, _ in resolved]
     if len(set(outs)) != len(outs):
         raise UserInputError("two targets would write the same artifact; give them distinct names")
@@ -117,8 +141,14 @@ def export_targets(
     backends = []
     for _, tgt in resolved:
         backend = get_backend(tgt.backend)
-        backend.check(tgt)
+        check_backend(backend, tgt)
         backends.append(backend)
+    check_request(options, [(tgt, b) for (_, tgt), b in zip(resolved, backends, strict=True)])
+    if not validate and any(needs_evaluation(t.precision, options) for _, t in resolved):
+        raise UserInputError(
+            "--no-validate cannot be combined with reduced precisions: their accuracy is "
+            "what validation measures"
+        )
     common_ranges([tgt for _, tgt in resolved])  # disjoint shape ranges: one line, exit 2
     cache = BuildCache(Path(cache_dir) if cache_dir else None) if use_cache else None
     prepared = prepare(
@@ -131,11 +161,24 @@ def export_targets(
         reference=validate,
         targets=[tgt for _, tgt in resolved],
     )
+    evaluation = None
+    if any(needs_evaluation(t.precision, options) for _, t in resolved):
+        check_budget_fits(options.budget, prepared.spec.task)
+        with progress.stage("data", "reading calibration and evaluation data; fp32 reference"):
+            runner = reference_for(str(checkpoint), task, allow_pickle)[1]
+            folder = checkpoint_path(str(checkpoint))
+            evaluation = load_evaluation(
+                options, prepared.spec, folder if folder.is_dir() else None, runner, progress
+            )
     shared = dict(progress.times)
     results = []
     for (out, tgt), backend in zip(resolved, backends, strict=True):
         own = Progress(quiet=progress.quiet, console=progress.console)
-        results.append(_build_one(prepared, out, tgt, backend, force, validate, own, shared))
+        results.append(
+            _build_one(
+                prepared, out, tgt, backend, force, validate, own, shared, options, evaluation
+            )
+        )
     return results
 
 
@@ -148,31 +191,29 @@ def _build_one(
     validate: bool,
     progress: Progress,
     shared_times: dict[str, float],
+    options: PrecisionOptions,
+    evaluation: Evaluation | None,
 ) -> ExportResult:
     spec = prepared.spec
     probe_ms = None
+    search = None
+    if tgt.precision == "auto":
+        assert evaluation is not None
+        search = run_search(
+            prepared, out, tgt, backend, options, evaluation, progress, _candidate_manifest
+        )
+        tgt = dataclasses.replace(tgt, precision=search.chosen.precision)
     with staging(out, force) as stage:
         with progress.stage("build", f"building for target {tgt.name} ({backend.name})"):
-            backend_section = backend.build(prepared.model, tgt, stage)
+            if search is not None:
+                backend_section = search.adopt(stage)
+            else:
+                backend_section = backend.build(
+                    prepared.model, tgt, stage, **build_arguments(backend, tgt, evaluation)
+                )
             for f in prepared.preprocessing:
                 shutil.copy2(f, stage / f.name)
-        manifest: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
-            "name": out.name,
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "task": spec.task,
-            "source": prepared.source_info,
-            "target": tgt.to_json(),
-            "backend": backend_section,
-            "precision": tgt.precision,
-            "opset": prepared.model.opset_imports.get(""),
-            "versions": tool_versions(),
-            "passes": prepared.passes,
-            "cache": prepared.cache,
-            "inputs": _inputs_json(prepared.model.graph.inputs, spec),
-            "outputs": specs_to_json(_io_specs(prepared.model.graph.outputs)),
-            "preprocessing": [f.name for f in prepared.preprocessing],
-        }
+        manifest = _candidate_manifest(prepared, out.name, tgt, backend_section)
         write_manifest(stage, manifest)
         if validate:
             from modelkiln.exporter.reference import compare_samples
@@ -180,16 +221,30 @@ def _build_one(
             tolerance = spec.tolerance_for(tgt.precision)
             with progress.stage("validate", f"validating {tgt.name} against the reference"):
                 session = backend.load(Artifact(stage, manifest))
-                report = compare_samples(
-                    prepared.samples, session.run, tolerance, prepared.check_dims
-                )
+                if tgt.precision in QUANTIZED:
+                    report = replay_validation(prepared, session.run)
+                else:
+                    report = compare_samples(
+                        prepared.samples, session.run, tolerance, prepared.check_dims
+                    )
                 probe_ms = _probe(session, prepared.samples[0][0])
+                if evaluation is not None and needs_evaluation(tgt.precision, options):
+                    manifest["accuracy"] = accuracy_section(
+                        tgt, session.run, options, evaluation, search
+                    )
             report["reference"] = prepared.reference
             if not report["passed"]:
                 raise ValidationError(
                     f"{len(report['failures'])} output check(s) of target {tgt.name} differ "
                     f"from the reference ({report['reference']}); nothing was written",
                     report,
+                )
+            misses = (manifest.get("accuracy") or {}).get("misses") or []
+            if misses:
+                raise ValidationError(
+                    f"target {tgt.name} ({tgt.precision}) misses its accuracy budget: "
+                    f"{'; '.join(misses)}; nothing was written",
+                    {"accuracy": manifest["accuracy"], "failures": misses},
                 )
         else:
             report = {"skipped": True, "reason": "--no-validate"}
@@ -202,6 +257,30 @@ def _build_one(
             manifest["files"] = file_entries(stage)
             write_manifest(stage, manifest)
     return ExportResult(out, manifest, {**shared_times, **progress.times}, probe_ms)
+
+
+def _candidate_manifest(
+    prepared: Prepared, name: str, tgt: Target, backend_section: dict[str, Any]
+) -> dict[str, Any]:
+    """The manifest of an artifact being built (files and validation come later)."""
+    spec = prepared.spec
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "task": spec.task,
+        "source": prepared.source_info,
+        "target": tgt.to_json(),
+        "backend": backend_section,
+        "precision": tgt.precision,
+        "opset": prepared.model.opset_imports.get(""),
+        "versions": tool_versions(),
+        "passes": prepared.passes,
+        "cache": prepared.cache,
+        "inputs": _inputs_json(prepared.model.graph.inputs, spec),
+        "outputs": specs_to_json(_io_specs(prepared.model.graph.outputs)),
+        "preprocessing": [f.name for f in prepared.preprocessing],
+    }
 
 
 def _probe(session: Any, feeds: dict[str, Any], runs: int = 5) -> float:
