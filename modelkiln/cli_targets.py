@@ -15,12 +15,13 @@ from modelkiln.errors import ModelkilnError, UnknownBackendError
 def target_status(name_or_path: str) -> dict[str, Any]:
     """A target's settings and whether this machine can build it (and if not, why)."""
     from modelkiln.backends import get_backend
+    from modelkiln.precision import check_backend
     from modelkiln.targets import load_target
 
     target = load_target(name_or_path)
     row: dict[str, Any] = {**target.to_json(), "usable": True, "reason": None}
     try:
-        get_backend(target.backend).check(target)
+        check_backend(get_backend(target.backend), target)
     except UnknownBackendError:
         row.update(
             usable=False,

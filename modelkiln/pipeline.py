@@ -40,6 +40,7 @@ from modelkiln.precision import (
     build_arguments,
     check_backend,
     check_request,
+    effective_budget,
     load_evaluation,
     needs_evaluation,
     replay_validation,
@@ -163,7 +164,8 @@ def export_targets(
     )
     evaluation = None
     if any(needs_evaluation(t.precision, options) for _, t in resolved):
-        check_budget_fits(options.budget, prepared.spec.task)
+        for _, tgt in resolved:
+            check_budget_fits(effective_budget(options, tgt), prepared.spec.task)
         with progress.stage("data", "reading calibration and evaluation data; fp32 reference"):
             runner = reference_for(str(checkpoint), task, allow_pickle)[1]
             folder = checkpoint_path(str(checkpoint))

@@ -68,7 +68,7 @@ def check_request(options: PrecisionOptions, targets: Sequence[tuple[Any, Any]])
         raise UserInputError(
             f"--calibration-size must be at least 1, got {options.calibration_size}"
         )
-    if options.keep_best and options.budget.empty:
+    if options.keep_best and all(effective_budget(options, t).empty for t, _ in targets):
         raise UserInputError("--keep-best applies to an accuracy budget: add --min-cosine X")
     for target, backend in targets:
         precision = target.precision
@@ -79,10 +79,17 @@ def check_request(options: PrecisionOptions, targets: Sequence[tuple[Any, Any]])
                     f"target '{target.name}': --precision auto needs a backend with reduced "
                     f"precisions; {backend.name} builds {', '.join(offered)} only"
                 )
-            if options.budget.empty:
+            if effective_budget(options, target).empty:
                 raise UserInputError(
                     "--precision auto needs an accuracy budget: --min-cosine X (embeddings) "
-                    "or --min-top1-agreement X (classifiers)"
+                    "or --min-top1-agreement X (classifiers), or a [budget] table in the "
+                    "target file"
+                )
+            unknown = [c for c in candidate_precisions(target, backend) if c not in offered]
+            if unknown:
+                raise UserInputError(
+                    f"target '{target.name}': candidates {', '.join(unknown)} are not built "
+                    f"by {backend.name}, which builds {', '.join(offered)}"
                 )
         elif precision not in offered:
             raise UserInputError(
@@ -91,7 +98,7 @@ def check_request(options: PrecisionOptions, targets: Sequence[tuple[Any, Any]])
             )
         calibrated = set(getattr(backend, "calibrated", ()))
         needs_calibration = precision in calibrated or (
-            precision == "auto" and calibrated & set(offered)
+            precision == "auto" and calibrated & set(candidate_precisions(target, backend))
         )
         if needs_calibration and options.calibration is None:
             which = precision if precision != "auto" else "auto (it tries int8-static)"
@@ -106,6 +113,17 @@ def check_request(options: PrecisionOptions, targets: Sequence[tuple[Any, Any]])
                 "real inputs: give --eval FILE (or --calibration FILE, of which a share is "
                 "held back)"
             )
+
+
+def effective_budget(options: PrecisionOptions, target: Any) -> Budget:
+    """The command line's budget, else the target file's [budget] table."""
+    if not options.budget.empty:
+        return options.budget
+    return Budget(**dict(getattr(target, "budget", {}) or {}))
+
+
+def candidate_precisions(target: Any, backend: Any) -> tuple[str, ...]:
+    return tuple(getattr(target, "candidates", ()) or ()) or backend_precisions(backend)
 
 
 def default_budget(task: str) -> Budget:
@@ -448,7 +466,7 @@ def accuracy_section(
     budget (the user's, else a floor for quantized precisions)."""
     chosen = search.chosen if search is not None else None
     report = chosen.accuracy if chosen is not None and chosen.accuracy else evaluation.measure(run)
-    budget = options.budget
+    budget = effective_budget(options, target)
     source = "user"
     if budget.empty and target.precision in QUANTIZED:
         budget, source = default_budget(evaluation.task), "default floor"
@@ -535,14 +553,16 @@ def run_search(
         build=build,
         open=open_session,
         evaluation=evaluation,
-        budget=options.budget,
+        budget=effective_budget(options, target),
         probe_feeds=make_inputs(prepared.spec, prepared.spec.fit(dims)),
         workdir=workdir,
         say=say,
     )
     try:
         with progress.stage("search", f"trying precisions for target {target.name}"):
-            best = search.run(backend_precisions(backend), quantizable_nodes(prepared.model))
+            best = search.run(
+                candidate_precisions(target, backend), quantizable_nodes(prepared.model)
+            )
         if best is None and options.keep_best:
             best = search.closest()
         if best is None:
@@ -554,7 +574,7 @@ def run_search(
             )
             raise ValidationError(
                 f"no precision of target {target.name} meets the budget "
-                f"({_budget_text(options.budget)}){hint}; nothing was written "
+                f"({_budget_text(search.budget)}){hint}; nothing was written "
                 "(--keep-best writes the closest)",
                 {
                     "failures": [

@@ -26,6 +26,8 @@ PRECISIONS = (
     "auto",
 )
 
+BUDGET_KEYS = ("min_cosine", "min_top1_agreement")
+
 
 @dataclass(frozen=True)
 class ShapeRange:
@@ -43,6 +45,11 @@ class Target:
     description: str = ""
     shapes: Mapping[str, ShapeRange] = field(default_factory=lambda: MappingProxyType({}))
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # Accuracy budget for reduced precisions (min_cosine / min_top1_agreement); the
+    # command line's --min-cosine / --min-top1-agreement take precedence.
+    budget: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    # With precision "auto": the precisions to try (default: all the backend offers).
+    candidates: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +60,8 @@ class Target:
             "description": self.description,
             "shapes": {k: vars(v) for k, v in self.shapes.items()},
             "options": dict(self.options),
+            "budget": dict(self.budget),
+            "candidates": list(self.candidates),
         }
 
 
@@ -89,7 +98,17 @@ def _parse(text: str, origin: str, default_name: str) -> Target:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserInputError(f"malformed target {origin}: {exc}") from None
-    known = {"name", "backend", "device", "precision", "description", "shapes", "options"}
+    known = {
+        "name",
+        "backend",
+        "device",
+        "precision",
+        "description",
+        "shapes",
+        "options",
+        "budget",
+        "candidates",
+    }
     extra = sorted(set(data) - known)
     if extra:
         raise UserInputError(
@@ -102,7 +121,7 @@ def _parse(text: str, origin: str, default_name: str) -> Target:
         raise UserInputError(
             f"target {origin}: unknown precision '{precision}'; one of {', '.join(PRECISIONS)}"
         )
-    for table in ("shapes", "options"):
+    for table in ("shapes", "options", "budget"):
         if not isinstance(data.get(table, {}), dict):
             raise UserInputError(f"target {origin}: '{table}' must be a table, like [{table}]")
     shapes = {}
@@ -115,6 +134,23 @@ def _parse(text: str, origin: str, default_name: str) -> Target:
             ) from None
         if not 1 <= shapes[dim].min <= shapes[dim].opt <= shapes[dim].max:
             raise UserInputError(f"target {origin}: shapes.{dim} needs 1 <= min <= opt <= max")
+    budget = {}
+    for key, value in data.get("budget", {}).items():
+        if key not in BUDGET_KEYS:
+            raise UserInputError(
+                f"target {origin}: unknown budget key '{key}'; known: {', '.join(BUDGET_KEYS)}"
+            )
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+            raise UserInputError(f"target {origin}: budget.{key} must be a number in (0, 1]")
+        budget[key] = float(value)
+    candidates = data.get("candidates", [])
+    if not isinstance(candidates, list) or any(
+        c not in PRECISIONS or c == "auto" for c in candidates
+    ):
+        raise UserInputError(
+            f"target {origin}: candidates must be a list of precisions from "
+            f"{', '.join(p for p in PRECISIONS if p != 'auto')}"
+        )
     return Target(
         name=str(data.get("name", default_name)),
         backend=str(data["backend"]),
@@ -123,4 +159,6 @@ def _parse(text: str, origin: str, default_name: str) -> Target:
         description=str(data.get("description", "")),
         shapes=MappingProxyType(shapes),
         options=MappingProxyType(dict(data.get("options", {}))),
+        budget=MappingProxyType(budget),
+        candidates=tuple(candidates),
     )

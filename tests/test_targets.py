@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import models
 import numpy as np
+import pytest
 from conftest import run_kiln
 
 import modelkiln
+from modelkiln.errors import UserInputError
 from modelkiln.pipeline import default_name, export_many
 from modelkiln.targets import load_target
 
@@ -26,13 +29,13 @@ def test_targets_lists_every_preset_with_usability() -> None:
 
 
 def test_targets_human_output_and_user_files(tmp_path: Path) -> None:
-    toml = tmp_path / "edge.toml"
-    toml.write_text('name = "edge"\nbackend = "onnxruntime"\n[options]\nbogus = 1\n')
+    toml = tmp_path / "my-edge.toml"
+    toml.write_text('name = "my-edge"\nbackend = "onnxruntime"\n[options]\nbogus = 1\n')
     result = run_kiln("targets", toml)
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split()[:5] == ["TARGET", "BACKEND", "DEVICE", "PRECISION", "USABLE"]
-    edge = next(line for line in lines if line.startswith("edge "))
+    edge = next(line for line in lines if line.startswith("my-edge "))
     assert " no " in edge and "bogus" in edge  # an unknown option makes it unusable, and why
 
 
@@ -99,3 +102,33 @@ def test_reduced_precision_loosens_the_tolerance() -> None:
     assert bf16.atol > spec.tolerance.atol
     assert bf16.min_cosine is not None and bf16.min_cosine < (spec.tolerance.min_cosine or 1)
     assert isinstance(bf16, Tolerance)
+
+
+def test_presets_for_reduced_precisions() -> None:
+    assert load_target("cpu-int8").precision == "int8-dynamic"
+    int8 = load_target("openvino-int8")
+    assert int8.precision == "int8-static" and int8.options["smooth_quant"] is False
+    edge = load_target("edge")
+    assert edge.precision == "auto" and dict(edge.budget) == {"min_cosine": 0.99}
+    assert edge.candidates == ("int4-weights", "int8-weights", "int8-static")
+    assert edge.to_json()["budget"] == {"min_cosine": 0.99}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("[budget]\nmin_cos = 0.9\n", "unknown budget key 'min_cos'"),
+        ("[budget]\nmin_cosine = 1.5\n", "budget.min_cosine must be a number in (0, 1]"),
+        ("[budget]\nmin_cosine = true\n", "budget.min_cosine must be a number"),
+        ('budget = "high"\n', "'budget' must be a table"),
+        ('candidates = ["int9"]\n', "candidates must be a list of precisions"),
+        ('candidates = "int8-static"\n', "candidates must be a list of precisions"),
+    ],
+)
+def test_bad_budget_or_candidates(tmp_path: Path, body: str, message: str) -> None:
+    toml = tmp_path / "t.toml"
+    # top-level keys must come before any table
+    first, _, rest = body.partition("[")
+    toml.write_text(f'backend = "openvino"\n{first}' + (f"[{rest}" if rest else ""))
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        load_target(str(toml))
