@@ -344,6 +344,15 @@ def validate(
             err.print(f"{mark} {name} {detail}".rstrip())
             for problem in check.get("problems", []) + check.get("failures", []):
                 err.print(f"    {problem}", soft_wrap=True)
+        if report.get("accuracy"):
+            from modelkiln.exporter.accuracy import summary as accuracy_text
+
+            err.print(
+                f"  {report['precision']}: {accuracy_text(report['accuracy'])} "
+                "(measured against fp32 PyTorch at export)",
+                soft_wrap=True,
+                markup=False,
+            )
         verdict = "[green]passed[/]" if report["passed"] else "[red]FAILED[/]"
         err.print(f"{artifact}: {verdict}")
     sys.exit(0 if report["passed"] else 1)
@@ -390,6 +399,15 @@ def inspect(path: Path, as_json: bool) -> None:
             )
     if "validation" in info:
         out.print(f"validation: {info['validation']}", markup=False)
+    accuracy = info.get("accuracy")
+    if accuracy:
+        from modelkiln.exporter.accuracy import summary as accuracy_text
+
+        out.print(f"accuracy vs fp32 PyTorch: {accuracy_text(accuracy)}", markup=False)
+        for row in (accuracy.get("search") or {}).get("candidates", []):
+            verdict = "pass" if row["passed"] else "fail"
+            latency = "-" if row["latency_ms"] is None else f"{row['latency_ms']:.2f} ms"
+            out.print(f"  {row['label']}: {latency}, {verdict}", markup=False)
 
 
 def run() -> None:

@@ -31,6 +31,7 @@ def describe(path: str | Path) -> dict[str, Any]:
             "outputs": m["outputs"],
             "passes": m.get("passes", []),
             "validation": _validation_summary(m.get("validation", {})),
+            "accuracy": m.get("accuracy"),
             "size_bytes": sum(int(e["size"]) for e in m.get("files", {}).values()),
             "files": m.get("files", {}),
         }
