@@ -41,6 +41,8 @@ from _common import (  # noqa: E402
     write_json,
 )
 
+SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "minilm"
+
 
 def kiln_command() -> list[str]:
     return [sys.executable, "-c", "from modelkiln.cli import run; run()"]
@@ -50,13 +52,14 @@ def available_targets() -> tuple[list[str], dict[str, str]]:
     """Preset names this machine can build for, and the reason for each one it cannot."""
     from modelkiln.backends import get_backend
     from modelkiln.errors import ModelkilnError
+    from modelkiln.precision import check_backend
     from modelkiln.targets import load_target, preset_names
 
     usable, skipped = [], {}
     for name in preset_names():
         try:
             target = load_target(name)
-            get_backend(target.backend).check(target)
+            check_backend(get_backend(target.backend), target)
         except ModelkilnError as exc:
             skipped[name] = str(exc)
         else:
@@ -64,10 +67,15 @@ def available_targets() -> tuple[list[str], dict[str, str]]:
     return usable, skipped
 
 
-def export(checkpoint: str, target: str, folder: Path) -> dict[str, Any]:
+def export(
+    checkpoint: str, target: str, folder: Path, data: list[str] | None = None
+) -> dict[str, Any]:
+    """`data`: --calibration/--eval arguments, given to every target (fp32 ones ignore
+    them; reduced precisions are measured against fp32 PyTorch on the evaluation part)."""
     out = folder / f"minilm-{target}"
     cmd = [*kiln_command(), "export", checkpoint, "-o", str(out), "--target", target, "--json"]
     cmd.append("--no-cache")  # time a full export: trace and passes, not a cache hit
+    cmd += data or []
     wall, done = timed(cmd)
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.startswith("error:")]
@@ -81,12 +89,16 @@ def export(checkpoint: str, target: str, folder: Path) -> dict[str, Any]:
         "wall": round(wall, 3),
         "size_bytes": summary["size_bytes"],
         "validation": summary["validation"],
+        "precision": summary.get("precision"),
+        "accuracy": summary.get("accuracy"),
     }
 
 
 def bench(checkpoint: str, artifacts: list[str], folder: Path, args: argparse.Namespace) -> Any:
     report = folder / "bench.json"
     cmd = [*kiln_command(), "bench", *artifacts, "--baseline", checkpoint]
+    if args.vs_openvino:
+        cmd.append("--vs-openvino")
     cmd += ["--batch", args.batch, "--seq", args.seq, "--rounds", str(args.rounds)]
     cmd += ["--warmup", str(args.warmup), "--min-time", str(args.min_time), "--json", str(report)]
     if args.threads:
@@ -126,7 +138,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [f"Note: {n}" for n in report["notes"]]
     for sub in report["subjects"]:
         ran = ((sub.get("backend_info") or {}).get("compiled") or {}).get("inference_precision")
-        if ran and sub.get("precision") and not _same_precision(ran, sub["precision"]):
+        half = sub.get("precision") in ("fp16", "bf16")
+        if ran and half and not _same_precision(ran, sub["precision"]):
             lines.append(
                 f"\nNote: `{sub['id']}` asks for {sub['precision']}, but its compiled model "
                 f"reports inference precision {ran} (this CPU lacks {sub['precision']} "
@@ -159,6 +172,45 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{e['size_bytes'] / 1e6:.1f}",
             ]
             lines.append("| " + " | ".join([target, *cells]) + " |")
+    measured = {t: e for t, e in exports.items() if e.get("accuracy")}
+    if measured:
+        lines += [
+            "",
+            "Accuracy of the reduced-precision artifacts: sentence embeddings (mean-pooled, "
+            "each text alone) against fp32 PyTorch on `samples/minilm/evaluation.txt`:",
+            "",
+            "| target | precision | min cosine | mean cosine | worst sentence |",
+            "|---|---|---|---|---|",
+        ]
+        for target, e in measured.items():
+            acc = e["accuracy"]
+            worst = (acc.get("worst") or [{}])[0].get("name", "")
+            lines.append(
+                f"| {target} | {e['precision']} | {acc['cosine']['min']:.4f} | "
+                f"{acc['cosine']['mean']:.4f} | {worst.replace('|', '/')} |"
+            )
+        for target, e in measured.items():
+            rows = e["accuracy"].get("candidates")
+            if not rows:
+                continue
+            lines += [
+                "",
+                f"`--precision auto` candidates of `{target}` (latency: median of 10 runs at "
+                "batch 1 × 128 during the export):",
+                "",
+                "| candidate | latency ms | size MB | min cosine | budget |",
+                "|---|---|---|---|---|",
+            ]
+            for row in rows:
+                verdict = (
+                    "chosen"
+                    if row["candidate"] == e["accuracy"]["chosen"]
+                    else ("pass" if row["passed"] else "fail")
+                )
+                latency = "-" if row["latency_ms"] is None else f"{row['latency_ms']:.2f}"
+                size = "-" if row["size_bytes"] is None else f"{row['size_bytes'] / 1e6:.1f}"
+                cos = "-" if row["cosine_min"] is None else f"{row['cosine_min']:.4f}"
+                lines.append(f"| {row['candidate']} | {latency} | {size} | {cos} | {verdict} |")
     for target, reason in results["skipped_targets"].items():
         lines.append(f"\nTarget `{target}` not measured: {reason}")
     return "\n".join(lines) + "\n"
@@ -189,10 +241,33 @@ def main() -> int:
         help="before benchmarking, wait up to this long for other processes to go idle",
     )
     parser.add_argument("--plot", type=Path, default=None, help="also write this PNG")
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        default=SAMPLES / "calibration.txt",
+        help="calibration texts for reduced-precision targets",
+    )
+    parser.add_argument(
+        "--eval",
+        type=Path,
+        default=SAMPLES / "evaluation.txt",
+        help="evaluation texts (accuracy vs fp32 PyTorch) for reduced-precision targets",
+    )
+    parser.add_argument(
+        "--no-vs-openvino",
+        dest="vs_openvino",
+        action="store_false",
+        help="do not bench OpenVINO's own conversion of the checkpoint beside the artifacts",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "minilm.json")
     args = parser.parse_args()
 
     checkpoint = args.checkpoint or default_checkpoint()
+    if args.vs_openvino:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            args.vs_openvino = False
     targets, skipped = available_targets()
     if args.targets:
         wanted = args.targets.split(",")
@@ -208,7 +283,8 @@ def main() -> int:
         folder = Path(tmp)
         for target in targets:
             print(f"kiln export --target {target}…", file=sys.stderr, flush=True)
-            result = export(checkpoint, target, folder)
+            data = ["--calibration", str(args.calibration), "--eval", str(args.eval)]
+            result = export(checkpoint, target, folder, data)
             if "error" in result:
                 skipped[target] = f"kiln export failed: {result['error']}"
                 print(f"  {skipped[target]}", file=sys.stderr, flush=True)

@@ -279,6 +279,17 @@ def _accuracy_summary(section: dict[str, Any] | None) -> dict[str, Any] | None:
     summary = {k: section[k] for k in keys if k in section}
     if "search" in section:
         summary["chosen"] = section["search"]["chosen"]
+        summary["candidates"] = [
+            {
+                "candidate": row["label"],
+                "latency_ms": row["latency_ms"],
+                "size_bytes": row["size_bytes"],
+                "cosine_min": ((row.get("accuracy") or {}).get("cosine") or {}).get("min"),
+                "top1_agreement": (row.get("accuracy") or {}).get("top1_agreement"),
+                "passed": row["passed"],
+            }
+            for row in section["search"]["candidates"]
+        ]
     return summary
 
 
