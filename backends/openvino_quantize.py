@@ -29,8 +29,11 @@ INSTALL = "pip install 'modelkiln[openvino]'"
 
 
 def import_nncf() -> Any:
+    from modelkiln.backends.openvino import no_telemetry
+
     try:
-        import nncf
+        with no_telemetry():  # NNCF starts OpenVINO's usage telemetry when imported
+            import nncf
     except ImportError:
         raise BackendUnavailable(
             f"quantizing for openvino needs nncf, which is not installed: {INSTALL}"
