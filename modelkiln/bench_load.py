@@ -247,13 +247,14 @@ def load_openvino_direct(
     shares: the yardstick for what our ONNX route to OpenVINO costs or gains.
     """
     start = time.perf_counter()
+    from modelkiln.backends.openvino import import_openvino, no_telemetry, reported_properties
+
     try:
-        import openvino as ov
-    except ImportError:
+        ov = import_openvino()  # without telemetry
+    except BackendUnavailable:
         raise BackendUnavailable(
             "--vs-openvino needs openvino: pip install 'modelkiln[openvino]'"
         ) from None
-    from modelkiln.backends.openvino import no_telemetry, reported_properties
 
     import_s = time.perf_counter() - start
 

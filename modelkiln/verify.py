@@ -89,10 +89,16 @@ def _fresh_reference(
     from modelkiln.exporter.specs import Tolerance
 
     named = {d for decl in spec.inputs for d in decl.axes if isinstance(d, str)}
+    ranges = artifact.shape_ranges
     dims_list = [
-        spec.fit({d: v for d, v in dims.items() if d in named} | {d: 2 for d in named - set(dims)})
+        {
+            d: min(max(v, ranges[d][0]), ranges[d][1]) if d in ranges else v
+            for d, v in spec.fit(
+                {d: v for d, v in dims.items() if d in named} | {d: 2 for d in named - set(dims)}
+            ).items()
+        }
         for dims in FRESH_DIMS
-    ]
+    ]  # inside the artifact's [shapes] ranges, which its sessions enforce
     # A quantized artifact differs from fp32 by design: it is held to the tolerance its
     # build measured (its accuracy against fp32 is the manifest's accuracy section).
     precision = str(artifact.manifest.get("precision", "fp32"))

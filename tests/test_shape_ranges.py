@@ -80,6 +80,14 @@ def test_a_range_target_validates_inside_its_range(ranged: Exported) -> None:
     assert run_kiln("validate", ranged.path).exit_code == 0
 
 
+def test_validate_reference_runs_inside_the_range(ranged: Exported) -> None:
+    result = run_kiln("validate", ranged.path, "--reference", ranged.source, "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)["checks"]["reference"]
+    sizes = [check["dims"]["sequence"] for check in report["checks"]]
+    assert report["passed"] and all(4 <= s <= 12 for s in sizes)
+
+
 def test_feeds_outside_the_range_are_refused_in_one_line(ranged: Exported) -> None:
     session = modelkiln.load(ranged.path)
     assert session.shape_ranges == {"sequence": (4, 12)}
