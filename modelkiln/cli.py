@@ -415,8 +415,11 @@ def inspect(path: Path, as_json: bool) -> None:
         from modelkiln.exporter.accuracy import summary as accuracy_text
 
         out.print(f"accuracy vs fp32 PyTorch: {accuracy_text(accuracy)}", markup=False)
-        for row in (accuracy.get("search") or {}).get("candidates", []):
+        search = accuracy.get("search") or {}
+        for row in search.get("candidates", []):
             verdict = "pass" if row["passed"] else "fail"
+            if row["label"] == search.get("chosen"):
+                verdict = "chosen" + (" (--keep-best)" if search.get("kept_best") else "")
             latency = "-" if row["latency_ms"] is None else f"{row['latency_ms']:.2f} ms"
             out.print(f"  {row['label']}: {latency}, {verdict}", markup=False)
 

@@ -33,6 +33,9 @@ REDUCED = HALF + QUANTIZED
 # quantization that went wrong, not one that is merely less accurate than wanted.
 DEFAULT_BUDGET = {"cosine": 0.95, "top1": 0.95}
 MAX_MIXED_STEPS = 6
+# Precisions whose layers can be kept in float one by one (activation quantization);
+# weight-only compression has no per-layer activation quantizers to remove.
+MIXABLE = ("int8-static", "int8-dynamic")
 
 Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -296,7 +299,7 @@ class Search:
             key=lambda c: c.latency_ms or 0.0,
             default=None,
         )
-        if fastest is not None and fastest is not best and fastest.precision in QUANTIZED:
+        if fastest is not None and fastest is not best and fastest.precision in MIXABLE:
             # The fastest candidate missed the budget: try keeping its sensitive layers float.
             self.mixed(fastest, quantizable)
         return self.best()
@@ -467,18 +470,24 @@ def accuracy_section(
     chosen = search.chosen if search is not None else None
     report = chosen.accuracy if chosen is not None and chosen.accuracy else evaluation.measure(run)
     budget = effective_budget(options, target)
-    source = "user"
+    source = "command line" if not options.budget.empty else "target file"
     if budget.empty and target.precision in QUANTIZED:
         budget, source = default_budget(evaluation.task), "default floor"
+    misses = budget.check(report)
     section: dict[str, Any] = {
         **report,
         "reference": "fp32 PyTorch",
         "budget": {**budget.to_json(), "source": source if not budget.empty else None},
-        "misses": budget.check(report),
+        "misses": misses,
         "data": evaluation.origin,
     }
     if search is not None:
         section["search"] = search.record()
+        if search.kept_best and misses:
+            # --keep-best: written although it misses; the misses stay on record.
+            section["kept_best"] = True
+            section["missed"] = section.pop("misses")
+            section["misses"] = []
     return section
 
 
@@ -486,6 +495,7 @@ def accuracy_section(
 class SearchResult:
     search: Search
     chosen: Candidate
+    kept_best: bool = False  # chosen by --keep-best although it misses the budget
 
     def adopt(self, stage: Path) -> dict[str, Any]:
         """Move the chosen candidate's files into the artifact's staging folder."""
@@ -500,6 +510,7 @@ class SearchResult:
     def record(self) -> dict[str, Any]:
         return {
             "chosen": self.chosen.label,
+            "kept_best": self.kept_best,
             "budget": self.search.budget.to_json(),
             "probe": "median of 10 runs at "
             + ", ".join(f"{k}={v.shape}" for k, v in self.search.probe_feeds.items()),
@@ -544,6 +555,9 @@ def run_search(
         dims["sequence"] = 128
     if "batch" in dims:
         dims["batch"] = 1
+    for dim, rng in target.shapes.items():  # sessions refuse sizes outside the ranges
+        if dim in dims:
+            dims[dim] = min(max(dims[dim], rng.min), rng.max)
     say = (
         (lambda m: progress.console.print(m, style="dim", markup=False, soft_wrap=True))
         if (not progress.quiet)
@@ -563,8 +577,9 @@ def run_search(
             best = search.run(
                 candidate_precisions(target, backend), quantizable_nodes(prepared.model)
             )
+        kept_best = False
         if best is None and options.keep_best:
-            best = search.closest()
+            best, kept_best = search.closest(), True
         if best is None:
             closest = search.closest()
             hint = (
@@ -585,7 +600,7 @@ def run_search(
             )
         if not progress.quiet:
             progress.console.print(_table_text(search, best), markup=False, soft_wrap=True)
-        return SearchResult(search, best)
+        return SearchResult(search, best, kept_best)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
