@@ -48,17 +48,29 @@ class Budget:
             if cosine is None:
                 misses.append(f"no cosine measured for task {report.get('task')}")
             elif cosine < self.min_cosine:
-                misses.append(f"min cosine {cosine:.4f} < {self.min_cosine}")
+                misses.append(f"min cosine {_exact(cosine, self.min_cosine)} < {self.min_cosine}")
         if self.min_top1_agreement is not None:
             agreement = report.get("top1_agreement")
             if agreement is None:
                 misses.append(f"no top-1 agreement measured for task {report.get('task')}")
             elif agreement < self.min_top1_agreement:
-                misses.append(f"top-1 agreement {agreement:.4f} < {self.min_top1_agreement}")
+                misses.append(
+                    f"top-1 agreement {_exact(agreement, self.min_top1_agreement)} < "
+                    f"{self.min_top1_agreement}"
+                )
         return misses
 
     def to_json(self) -> dict[str, Any]:
         return {"min_cosine": self.min_cosine, "min_top1_agreement": self.min_top1_agreement}
+
+
+def _exact(value: float, bound: float) -> str:
+    """`value` with enough digits to show it is below `bound` (0.99997, not 1.0000)."""
+    for digits in range(4, 10):
+        text = f"{value:.{digits}f}"
+        if float(text) < bound:
+            return text
+    return repr(value)
 
 
 def check_budget_fits(budget: Budget, task: str) -> None:

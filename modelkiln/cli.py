@@ -275,7 +275,17 @@ def _export_summary(result: Any) -> dict[str, Any]:
 def _accuracy_summary(section: dict[str, Any] | None) -> dict[str, Any] | None:
     if not section:
         return None
-    keys = ("metric", "cosine", "top1_agreement", "max_abs_diff", "samples", "worst", "misses")
+    keys = (
+        "metric",
+        "cosine",
+        "top1_agreement",
+        "max_abs_diff",
+        "samples",
+        "worst",
+        "misses",
+        "kept_best",
+        "missed",
+    )
     summary = {k: section[k] for k in keys if k in section}
     if "search" in section:
         summary["chosen"] = section["search"]["chosen"]

@@ -230,7 +230,9 @@ def _build_one(
                         prepared.samples, session.run, tolerance, prepared.check_dims
                     )
                 probe_ms = _probe(session, prepared.samples[0][0])
-                if evaluation is not None and needs_evaluation(tgt.precision, options):
+                if evaluation is not None and (
+                    search is not None or needs_evaluation(tgt.precision, options)
+                ):
                     manifest["accuracy"] = accuracy_section(
                         tgt, session.run, options, evaluation, search
                     )

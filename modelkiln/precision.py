@@ -71,6 +71,13 @@ def check_request(options: PrecisionOptions, targets: Sequence[tuple[Any, Any]])
         raise UserInputError(
             f"--calibration-size must be at least 1, got {options.calibration_size}"
         )
+    reduced = [t for t, _ in targets if t.precision in REDUCED or t.precision == "auto"]
+    if not options.budget.empty and not reduced:
+        raise UserInputError(
+            "--min-cosine / --min-top1-agreement judge reduced precisions, and every target "
+            "here is fp32 (which is validated against the reference directly); add "
+            "--precision (e.g. int8-dynamic or auto)"
+        )
     if options.keep_best and all(effective_budget(options, t).empty for t, _ in targets):
         raise UserInputError("--keep-best applies to an accuracy budget: add --min-cosine X")
     for target, backend in targets:
@@ -179,10 +186,17 @@ def load_evaluation(
     else:
         assert options.evaluation is not None
         evaluation = tuple(cal.load_samples(options.evaluation, spec, tokenizer_dir, what="--eval"))
-        calib, origin = (
-            (),
-            {"evaluation_file": str(options.evaluation), "evaluation": len(evaluation)},
-        )
+        from modelkiln.artifact import sha256_file
+
+        path = Path(options.evaluation)
+        record = {
+            "file": str(path),
+            "format": path.suffix.lower().lstrip("."),
+            "sha256": sha256_file(path),
+            "size": path.stat().st_size,
+            "samples": len(evaluation),
+        }
+        calib, origin = (), {"evaluation_file": record, "counts": {"evaluation": len(evaluation)}}
     feeds = [dict(s.feeds) for s in evaluation]
     ref = [reference(f) for f in cal.iter_with_progress(feeds, progress, "fp32 reference")]
     return Evaluation(

@@ -251,12 +251,6 @@ def test_int8_dynamic_needs_no_calibration(dynamic_int8, data: Data) -> None:
     assert run_kiln("validate", out).exit_code == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="with --eval but no --calibration the manifest records the eval file's path only, "
-    "not its sha256 (the --calibration path records both files' hashes)",
-)
 def test_int8_dynamic_records_the_eval_files_hash(dynamic_int8, data: Data) -> None:
     _, manifest, _ = dynamic_int8
     record = manifest["accuracy"]["data"]["evaluation_file"]
@@ -454,12 +448,6 @@ def test_top1_budget_on_an_embedding_model_is_refused(
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a budget without a reduced precision is silently ignored: --min-top1-agreement "
-    "on an embedding model exports fp32 with exit 0 instead of being refused",
-)
 def test_top1_budget_on_an_embedding_model_is_refused_at_fp32(
     tmp_path: Path, tiny_bert_dir: Path
 ) -> None:
@@ -485,7 +473,7 @@ def test_texts_for_an_image_model_are_refused(
 @pytest.fixture(scope="module")
 def auto_cpu(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, data: Data):
     out = tmp_path_factory.mktemp("auto") / "bert-auto"
-    mp = shifted({"fp32": SLOW})  # see the module docstring and the fp32 xfail below
+    mp = shifted({"fp32": SLOW})  # see the module docstring
     try:
         result = export_cli(
             tiny_bert_dir,
@@ -552,12 +540,6 @@ def test_auto_on_cpu_tries_every_precision_and_keeps_the_fastest_passing(
     assert run_kiln("validate", out).exit_code == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="when --precision auto chooses fp32, the manifest gets no accuracy section, so "
-    "the whole candidate table (accuracy.search) is lost",
-)
 def test_auto_choosing_fp32_still_records_the_search(
     tmp_path: Path, tiny_bert_dir: Path, data: Data
 ) -> None:
@@ -647,12 +629,6 @@ def test_unmeetable_budget_fails_naming_the_closest(unmeetable) -> None:
     assert not out.parent.exists() or list(out.parent.iterdir()) == [], "something was written"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="budget misses print the cosine with 4 decimals, so a miss reads "
-    "'min cosine 1.0000 < 1.0'",
-)
 def test_budget_misses_show_why_they_miss(unmeetable) -> None:
     _, result = unmeetable
     rows = json.loads(result.stdout)["validation"]["candidates"]
@@ -708,12 +684,6 @@ def test_keep_best_writes_the_closest(keep_best) -> None:
     assert f"{closest['label']}: " in shown.stdout and "chosen (--keep-best)" in shown.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the --json summary of a --keep-best export shows misses [] and passed true: "
-    "it does not say that the written artifact misses its budget",
-)
 def test_keep_best_json_summary_reports_the_miss(keep_best) -> None:
     _, manifest, result = keep_best
     summary = json.loads(result.stdout)["accuracy"]
