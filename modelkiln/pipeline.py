@@ -169,8 +169,15 @@ def export_targets(
         with progress.stage("data", "reading calibration and evaluation data; fp32 reference"):
             runner = reference_for(str(checkpoint), task, allow_pickle)[1]
             folder = checkpoint_path(str(checkpoint))
+            # Texts longer than a target's [shapes] range would be refused by its sessions.
+            longest = common_ranges([t for _, t in resolved]).get("sequence", (0, None))[1]
             evaluation = load_evaluation(
-                options, prepared.spec, folder if folder.is_dir() else None, runner, progress
+                options,
+                prepared.spec,
+                folder if folder.is_dir() else None,
+                runner,
+                progress,
+                max_length=longest,
             )
     shared = dict(progress.times)
     results = []

@@ -170,8 +170,11 @@ def load_evaluation(
     tokenizer_dir: Path | None,
     reference: Runner,
     progress: Any = None,
+    max_length: int | None = None,
 ) -> Evaluation:
-    """Read the data files, split them, and run the fp32 reference on the evaluation part."""
+    """Read the data files, split them, and run the fp32 reference on the evaluation part.
+
+    `max_length` truncates texts (e.g. to the largest sequence every target accepts)."""
     from modelkiln.exporter import calibration as cal
 
     if options.calibration is not None:
@@ -181,11 +184,16 @@ def load_evaluation(
             tokenizer_dir,
             evaluation=options.evaluation,
             calibration_size=options.calibration_size,
+            max_length=max_length,
         )
         calib, evaluation, origin = split.calibration, split.evaluation, split.origin
     else:
         assert options.evaluation is not None
-        evaluation = tuple(cal.load_samples(options.evaluation, spec, tokenizer_dir, what="--eval"))
+        evaluation = tuple(
+            cal.load_samples(
+                options.evaluation, spec, tokenizer_dir, max_length=max_length, what="--eval"
+            )
+        )
         from modelkiln.artifact import sha256_file
 
         path = Path(options.evaluation)

@@ -262,3 +262,24 @@ def test_validation_shapes_inside_ranges(ranges: dict, expected: list[int]) -> N
     )
     assert [d["sequence"] for d in dims] == expected
     assert [d["batch"] for d in dims] == [1, 3]
+
+
+def test_reduced_precision_data_is_truncated_to_the_targets_range(
+    tmp_path: Path, tiny_bert_dir: Path
+) -> None:
+    """Evaluation texts longer than the range would be refused by the artifact's sessions."""
+    words = [w for w in models.WORDS if w.isalpha()]
+    lines = [" ".join(words[(i + j) % len(words)] for j in range(3 + 2 * i)) for i in range(12)]
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    target = write_target(tmp_path, "cpu-short", ORT_RANGE)
+    out = tmp_path / "short-int8"
+    result = run_kiln(
+        "export", tiny_bert_dir, "-o", out, "--target", target, "--precision", "int8-dynamic",
+        "--calibration", calib, "--cache-dir", tmp_path / "cache",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    accuracy = models.read_manifest(out)["accuracy"]
+    data = accuracy["data"]["calibration_file"]
+    assert data["max_length"] == 12 and data["tokens"]["max"] == 12
+    assert accuracy["samples"] >= 1 and accuracy["misses"] == []
