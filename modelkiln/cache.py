@@ -71,6 +71,7 @@ class BuildCache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
         self.models = self.root / "models"
+        self.compiled = self.root / "openvino"  # see modelkiln.backends.openvino.default_cache_dir
 
     def key(self, parts: dict[str, Any]) -> str:
         payload = {
@@ -124,14 +125,30 @@ class BuildCache:
                         "task": meta.meta.get("spec", {}).get("task") if meta else None,
                     }
                 )
+        blobs = [p for p in self.compiled.iterdir() if p.is_dir()] if self.compiled.is_dir() else []
         return {
             "path": str(self.root),
             "entries": entries,
             "size_bytes": sum(e["size_bytes"] for e in entries),
+            # OpenVINO's compiled blobs of loaded artifacts (one folder per model and device)
+            "compiled": {
+                "path": str(self.compiled),
+                "folders": len(blobs),
+                "size_bytes": sum(
+                    f.stat().st_size for p in blobs for f in p.rglob("*") if f.is_file()
+                ),
+            },
         }
 
     def clear(self) -> int:
         """Remove every entry; returns how many were removed."""
         count = len(self.info()["entries"])
         shutil.rmtree(self.models, ignore_errors=True)
+        return count
+
+    def clear_compiled(self) -> int:
+        """Remove the compiled-blob folders; returns how many were removed (the next load
+        of those artifacts compiles again)."""
+        count = self.info()["compiled"]["folders"]
+        shutil.rmtree(self.compiled, ignore_errors=True)
         return count

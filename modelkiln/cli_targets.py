@@ -101,18 +101,27 @@ def info(cache_dir: Path | None, as_json: bool) -> None:
             f"{entry['source']}",
             markup=False,
         )
+    compiled = data["compiled"]
+    if compiled["folders"]:
+        out.print(
+            f"{compiled['path']}: compiled OpenVINO blobs of {compiled['folders']} loaded "
+            f"model(s), {human_size(compiled['size_bytes'])}",
+            markup=False,
+        )
 
 
 @cache.command()
 @_cache_dir_option
 @handle_errors
 def clear(cache_dir: Path | None) -> None:
-    """Remove every cache entry."""
+    """Remove every cache entry and OpenVINO's compiled blobs."""
     from modelkiln.cache import BuildCache
 
     build_cache = BuildCache(cache_dir)
     removed = build_cache.clear()
+    blobs = build_cache.clear_compiled()
+    extra = f" and {blobs} compiled-blob folder(s)" if blobs else ""
     err.print(
-        f"removed {removed} entr{'y' if removed == 1 else 'ies'} from {build_cache.root}",
+        f"removed {removed} entr{'y' if removed == 1 else 'ies'}{extra} from {build_cache.root}",
         markup=False,
     )

@@ -100,11 +100,17 @@ def test_cache_info_and_clear(bert_copy: Path, tmp_path: Path) -> None:
     assert [e["key"] for e in data["entries"]] == [key]
     assert data["entries"][0]["task"] == "feature-extraction"
     assert data["size_bytes"] > 0
+    assert data["compiled"]["folders"] == 0
+    blob = cache / "openvino" / "0123abcd" / "model.blob"  # as an OpenVINO load leaves it
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"x" * 100)
     human = run_kiln("cache", "info", "--cache-dir", cache)
     assert key in human.stdout and "1 entry" in human.stdout
+    assert "compiled OpenVINO blobs of 1 loaded model(s)" in human.stdout
     cleared = run_kiln("cache", "clear", "--cache-dir", cache)
-    assert cleared.exit_code == 0 and "removed 1 entry" in cleared.stderr
+    assert cleared.exit_code == 0 and "removed 1 entry and 1 compiled-blob folder" in cleared.stderr
     assert BuildCache(cache).info()["entries"] == []
+    assert not blob.exists()
 
 
 def test_a_damaged_entry_is_a_miss(bert_copy: Path, tmp_path: Path) -> None:
