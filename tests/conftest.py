@@ -42,6 +42,22 @@ def run_kiln(*args: Any) -> Result:
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+def assert_one_line_error(result: Result, *must_mention: str) -> str:
+    """A user error: exit 2, no traceback, exactly one `error:` line on stderr naming
+    each of `must_mention`; returns that line."""
+    assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"uncaught {type(result.exception).__name__}: {result.exception}"
+    )
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
+    assert lines[0].startswith("error:"), lines[0]
+    for text in must_mention:
+        assert text in lines[0], f"{text!r} not in {lines[0]!r}"
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def kiln():
     """The CLI runner: `kiln("export", ckpt, "-o", out)` returns click's Result."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import models
 import pytest
-from conftest import run_kiln
+from conftest import assert_one_line_error, run_kiln
 
 import modelkiln
 
@@ -168,17 +168,6 @@ BAD_INPUTS: dict[str, Case] = {
 @pytest.fixture(scope="module")
 def checkpoints(tiny_bert_dir: Path, pickle_bert_dir: Path) -> dict[str, Path]:
     return {"bert": tiny_bert_dir, "pickle": pickle_bert_dir}
-
-
-def assert_one_line_error(result, *must_mention: str) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
-    assert lines[0].startswith("error:"), lines[0]
-    for text in must_mention:
-        assert text in lines[0], f"{text!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))

@@ -18,26 +18,12 @@ from typing import Any
 import models
 import numpy as np
 import pytest
-from conftest import Exported, run_kiln
+from conftest import Exported, assert_one_line_error, run_kiln
 
 import modelkiln
 from modelkiln.compare import compare_outputs
 from modelkiln.errors import InferenceError, ModelkilnError
 from modelkiln.golden import load_golden
-
-
-def assert_one_line_error(result: Any, *must_mention: str) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
-    assert result.exception is None or isinstance(result.exception, SystemExit), (
-        f"uncaught {type(result.exception).__name__}: {result.exception}"
-    )
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
-    assert lines[0].startswith("error:"), lines[0]
-    for text in must_mention:
-        assert text in lines[0], f"{text!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def export_refused(tmp_path: Path, *args: Any, mention: tuple[str, ...] = ()) -> str:
