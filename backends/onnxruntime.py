@@ -92,6 +92,10 @@ class OnnxRuntimeBackend:
             files["weights"] = WEIGHTS_FILE
         else:
             ir.save(model, out / MODEL_FILE)
+        return self._section(target, files)
+
+    def _section(self, target: Target, files: dict[str, str], **extra: Any) -> dict[str, Any]:
+        """The manifest's backend section, whatever the precision."""
         import onnxruntime as ort
 
         return {
@@ -101,6 +105,7 @@ class OnnxRuntimeBackend:
             "provider": DEVICES[target.device],
             "graph_optimization_level": target.options.get("graph_optimization_level", "all"),
             "onnxruntime_version": ort.__version__,
+            **extra,
         }
 
     def _build_reduced(
@@ -112,7 +117,6 @@ class OnnxRuntimeBackend:
         keep: Sequence[str],
     ) -> dict[str, Any]:
         import onnx_ir as ir
-        import onnxruntime as ort
 
         from modelkiln.backends.ort_quantize import quantize
 
@@ -124,15 +128,7 @@ class OnnxRuntimeBackend:
             keep=keep,
             calibration_cache=self._calibration_cache(model, calibration),
         )
-        return {
-            "name": self.name,
-            "files": {"model": MODEL_FILE},
-            "device": target.device,
-            "provider": DEVICES[target.device],
-            "graph_optimization_level": target.options.get("graph_optimization_level", "all"),
-            "onnxruntime_version": ort.__version__,
-            "quantization": record,
-        }
+        return self._section(target, {"model": MODEL_FILE}, quantization=record)
 
     def _calibration_cache(
         self, model: ir.Model, calibration: Sequence[Mapping[str, np.ndarray]] | None

@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import shutil
-import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +45,7 @@ from modelkiln.precision import (
     run_search,
     with_precision,
 )
+from modelkiln.precision import probe_ms as measure_latency
 from modelkiln.prepare import Prepared, prepare, reference_for
 from modelkiln.progress import Progress
 from modelkiln.targets import Target, load_target
@@ -236,7 +235,7 @@ def _build_one(
                     report = compare_samples(
                         prepared.samples, session.run, tolerance, prepared.check_dims
                     )
-                probe_ms = _probe(session, prepared.samples[0][0])
+                probe_ms = measure_latency(session.run, prepared.samples[0][0], runs=5)
                 if evaluation is not None and (
                     search is not None or needs_evaluation(tgt.precision, options)
                 ):
@@ -292,18 +291,6 @@ def _candidate_manifest(
         "outputs": specs_to_json(_io_specs(prepared.model.graph.outputs)),
         "preprocessing": [f.name for f in prepared.preprocessing],
     }
-
-
-def _probe(session: Any, feeds: dict[str, Any], runs: int = 5) -> float:
-    """Median latency of a few runs on the first validation shape: a quick comparison of
-    targets for the closing table, not a benchmark (that is `kiln bench`)."""
-    session.run(feeds)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(feeds)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 def checkpoint_path(checkpoint: str) -> Path:
