@@ -1,6 +1,6 @@
-"""Backend protocol and the entry-point registry."""
+"""Backends: the contract (`base`), the entry-point registry, and the built-in backends."""
 
-from modelkiln.backends.base import Backend
+from modelkiln.backends.base import Backend, BuildRequest, Session
 from modelkiln.backends.registry import backend_names, get_backend
 
-__all__ = ["Backend", "backend_names", "get_backend"]
+__all__ = ["Backend", "BuildRequest", "Session", "backend_names", "get_backend"]

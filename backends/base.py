@@ -1,118 +1,108 @@
-"""The contract every backend (built-in or third-party) implements."""
+"""The contract every backend (built-in or third-party) implements, written down in types.
+
+A backend is a class with a `name`, the precisions it builds (`precisions`, in the order
+`--precision auto` tries them) and those that need calibration samples (`calibrated`), and
+three methods: `check(target)` refuses within seconds what this machine cannot build, before
+anything is traced; `build(request)` writes the deployable files into the staging folder and
+returns the manifest's backend section; `load(artifact, **options)` opens a built artifact as
+a `Session`. The base `Session` checks feeds against the manifest, so a backend's own session
+only runs them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from modelkiln.errors import UserInputError
+import numpy as np
+
+from modelkiln.artifact import Artifact
+from modelkiln.feed_checks import check_feeds
+from modelkiln.manifest import BackendSection
+from modelkiln.precision.names import Precision
+from modelkiln.tensors import TensorSpec
 
 if TYPE_CHECKING:
     import onnx_ir as ir
 
-    from modelkiln.artifact import Artifact
-    from modelkiln.runtime import Session
     from modelkiln.targets import Target
+
+Feeds = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What `Backend.build` gets: the simplified model (shared by every target: a backend
+    that changes it works on a copy), the target with the precision to build, the staging
+    folder (every file left there becomes part of the artifact), calibration samples for
+    the precisions in `calibrated`, and ONNX node names to leave in floating point (mixed
+    precision)."""
+
+    model: ir.Model
+    target: Target
+    out: Path
+    calibration: Sequence[Feeds] = ()
+    keep_float: frozenset[str] = frozenset()
+
+    @property
+    def precision(self) -> Precision:
+        return Precision(self.target.precision)
 
 
 @runtime_checkable
 class Backend(Protocol):
     name: str
+    precisions: tuple[Precision, ...]  # what it builds, in the order `auto` tries them
+    calibrated: frozenset[Precision]  # which of them need calibration samples
 
     def check(self, target: Target) -> None:
-        """Raise BackendUnavailable within seconds if this machine cannot build for `target`."""
+        """Raise BackendUnavailable (or UserInputError) within seconds if this machine cannot
+        build `target`; called before any slow work, for `auto` once per precision."""
 
-    def build(self, model: ir.Model, target: Target, out: Path) -> dict[str, Any]:
-        """Write the deployable files into `out`.
-
-        Returns the manifest's `backend` section: at least `files` (role -> relative path);
-        anything else recorded there (options, versions) is the backend's own.
-
-        A backend that builds reduced precisions lists them in a `precisions` attribute
-        (the order `--precision auto` tries them) and the ones that need calibration
-        samples in `calibrated`; its build then also takes keyword arguments
-        `calibration` (batch-1 feed dicts, given for those precisions) and `keep` (ONNX
-        node names to leave in floating point: mixed precision). A backend without these
-        attributes builds fp32 only and is called with the three arguments above.
-        """
+    def build(self, request: BuildRequest) -> BackendSection:
+        """Write the deployable files into `request.out`; returns the manifest's backend
+        section (`files` by role: at least "model")."""
 
     def load(self, artifact: Artifact, **options: Any) -> Session:
         """Open a built artifact for inference."""
 
 
-# --------------------------------------------------------------------------- target checks
-# Shared by every backend's `check`, so refusals read the same whatever the backend.
+class Session:
+    """An artifact opened for inference. `run` checks feeds against the manifest (names,
+    dtypes, ranks, fixed sizes, the target's shape ranges, the model's length limits, token
+    ids inside the vocabulary), then calls the backend's `_run`."""
 
+    def __init__(self, artifact: Artifact) -> None:
+        manifest = artifact.manifest
+        self.artifact = artifact
+        self.inputs: dict[str, TensorSpec] = manifest.inputs
+        self.outputs: dict[str, TensorSpec] = manifest.outputs
+        # Sizes each named dimension may take (min, max), from the target's [shapes].
+        self.shape_ranges: dict[str, tuple[int, int]] = manifest.shape_ranges
+        self._limits = dict(manifest.limits)
+        self._id_bounds = {
+            name: values.high
+            for name, values in manifest.input_values.items()
+            if values.kind == "token_ids"
+        }
 
-def listing(items: Iterable[str]) -> str:
-    """'a', 'a and b', 'a, b and c'."""
-    items = list(items)
-    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
-
-
-def check_options(target: Target, backend: str, known: Iterable[str]) -> None:
-    """Refuse target options the backend does not know, naming the ones it does."""
-    known = sorted(known)
-    unknown = sorted(set(target.options) - set(known))
-    if unknown:
-        raise UserInputError(
-            f"target '{target.name}': {backend} does not know option(s) "
-            f"{', '.join(unknown)}; it knows {', '.join(known) or 'none'}"
+    def check(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The feeds as arrays, or FeedError naming the first thing wrong with them."""
+        return check_feeds(
+            self.inputs,
+            feeds,
+            self.shape_ranges,
+            limits=self._limits,
+            id_bounds=self._id_bounds,
         )
 
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        return self._run(self.check(feeds))
 
-def check_precision(target: Target, backend: str, supported: Sequence[str]) -> None:
-    if target.precision not in supported:
-        raise UserInputError(
-            f"target '{target.name}': {backend} builds {listing(supported)} only so far, "
-            f"not {target.precision}"
-        )
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
 
-
-def check_device(
-    target: Target,
-    backend: str,
-    devices: Iterable[str],
-    available: bool = False,
-    ignore_case: bool = False,
-) -> None:
-    """`available=True`: `devices` are what this machine has, not all the backend knows."""
-    devices = list(devices)
-    fold = str.lower if ignore_case else str
-    if fold(target.device) not in {fold(d) for d in devices}:
-        where, label = (" on this machine", "available") if available else ("", "known")
-        raise UserInputError(
-            f"target '{target.name}': {backend} has no device '{target.device}'{where}; "
-            f"{label}: {', '.join(devices) or 'none'}"
-        )
-
-
-def option_choice(
-    target: Target, key: str, choices: Sequence[str], default: str, ignore_case: bool = False
-) -> str:
-    """A string option that must be one of `choices`; returns it spelled as in `choices`."""
-    value = target.options.get(key, default)
-    if isinstance(value, str):
-        for choice in choices:
-            if value == choice or (ignore_case and value.upper() == choice.upper()):
-                return choice
-    raise UserInputError(
-        f"target '{target.name}': {key} {value!r} is not one of {', '.join(choices)}"
-    )
-
-
-def option_whole_number(target: Target, key: str, default: int, minimum: int = 0) -> int:
-    value = target.options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UserInputError(
-            f"target '{target.name}': {key} must be a whole number >= {minimum}, got {value!r}"
-        )
-    return value
-
-
-def option_flag(target: Target, key: str, default: bool) -> bool:
-    value = target.options.get(key, default)
-    if not isinstance(value, bool):
-        raise UserInputError(f"target '{target.name}': {key} must be true or false, got {value!r}")
-    return value
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.artifact.path} inputs={list(self.inputs)}>"

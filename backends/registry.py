@@ -23,13 +23,21 @@ def backend_names() -> list[str]:
     return sorted(_entry_points())
 
 
-# Extras of modelkiln that install a built-in backend's runtime.
-EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+# What installs a built-in backend's runtime (onnxruntime is a dependency of modelkiln itself).
+BUILT_IN = {
+    "onnxruntime": "pip install onnxruntime",
+    "openvino": "pip install 'modelkiln[openvino]'",
+    "tensorrt": "pip install 'modelkiln[tensorrt]'",
+}
 
 
-def install_hint(name: str, ep: EntryPoint | None = None) -> str:
-    if name in EXTRAS:
-        return f"pip install 'modelkiln[{EXTRAS[name]}]'"
+def install_hint(name: str, device: str | None = None, ep: EntryPoint | None = None) -> str:
+    """What to install so this machine runs backend `name` (on `device`): the one place
+    every refusal takes its advice from."""
+    if name == "onnxruntime" and device == "cuda":
+        return "install onnxruntime-gpu instead of onnxruntime (pip install onnxruntime-gpu)"
+    if name in BUILT_IN:
+        return BUILT_IN[name]
     dist = getattr(ep, "dist", None) if ep is not None else None
     return (
         f"reinstall {dist.name}" if dist is not None else f"install the package providing '{name}'"
@@ -41,7 +49,7 @@ def get_backend(name: str) -> Backend:
     eps = _entry_points()
     if name not in eps:
         known = ", ".join(sorted(eps)) or "none"
-        hint = f" ({install_hint(name)})" if name in EXTRAS else ""
+        hint = f" ({install_hint(name)})" if name in BUILT_IN else ""
         raise UnknownBackendError(f"unknown backend '{name}'{hint}; installed backends: {known}")
     ep = eps[name]
     try:
@@ -49,7 +57,7 @@ def get_backend(name: str) -> Backend:
         backend = factory()
     except ImportError as exc:
         raise BackendUnavailable(
-            f"backend '{name}' cannot be imported ({exc}); {install_hint(name, ep)}"
+            f"backend '{name}' cannot be imported ({exc}); {install_hint(name, ep=ep)}"
         ) from None
     except Exception as exc:
         raise BackendUnavailable(
@@ -58,6 +66,6 @@ def get_backend(name: str) -> Backend:
     if not isinstance(backend, Backend) or getattr(backend, "name", None) != name:
         raise UnknownBackendError(
             f"entry point '{name}' ({ep.value}) does not provide a modelkiln Backend named "
-            f"'{name}' (it needs name, check, build and load)"
+            f"'{name}' (it needs name, precisions, calibrated, check, build and load)"
         )
     return backend

@@ -50,20 +50,16 @@ def kiln_command() -> list[str]:
 
 def available_targets() -> tuple[list[str], dict[str, str]]:
     """Preset names this machine can build for, and the reason for each one it cannot."""
-    from modelkiln.backends import get_backend
-    from modelkiln.errors import ModelkilnError
-    from modelkiln.precision import check_backend
-    from modelkiln.targets import load_target, preset_names
+    from modelkiln.target_status import target_status
+    from modelkiln.targets import preset_names
 
     usable, skipped = [], {}
     for name in preset_names():
-        try:
-            target = load_target(name)
-            check_backend(get_backend(target.backend), target)
-        except ModelkilnError as exc:
-            skipped[name] = str(exc)
-        else:
+        status = target_status(name)
+        if status["usable"]:
             usable.append(name)
+        else:
+            skipped[name] = str(status["reason"])
     return usable, skipped
 
 
@@ -112,7 +108,7 @@ def bench(checkpoint: str, artifacts: list[str], folder: Path, args: argparse.Na
 
 
 def markdown(results: dict[str, Any]) -> str:
-    from modelkiln.bench_report import markdown_table
+    from modelkiln.benchmark.report import markdown_table
 
     report = results["bench"]
     m, s = report["machine"], report["settings"]

@@ -9,77 +9,14 @@ inputs are named, because quantization tends to break on a few (very short sente
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from modelkiln.errors import UserInputError
+from modelkiln.precision.budget import CLASSIFIERS
 
 Outputs = Mapping[str, np.ndarray]
 WORST = 5
-CLASSIFIERS = ("text-classification", "image-classification", "token-classification")
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The accuracy a candidate must keep; None means no requirement on that measure."""
-
-    min_cosine: float | None = None
-    min_top1_agreement: float | None = None
-
-    def __post_init__(self) -> None:
-        for name, value in (
-            ("--min-cosine", self.min_cosine),
-            ("--min-top1-agreement", self.min_top1_agreement),
-        ):
-            if value is not None and not 0.0 < value <= 1.0:
-                raise UserInputError(f"{name} must be in (0, 1], got {value}")
-
-    @property
-    def empty(self) -> bool:
-        return self.min_cosine is None and self.min_top1_agreement is None
-
-    def check(self, report: Mapping[str, Any]) -> list[str]:
-        """What the report misses (empty: it meets the budget)."""
-        misses = []
-        if self.min_cosine is not None:
-            cosine = (report.get("cosine") or {}).get("min")
-            if cosine is None:
-                misses.append(f"no cosine measured for task {report.get('task')}")
-            elif cosine < self.min_cosine:
-                misses.append(f"min cosine {_exact(cosine, self.min_cosine)} < {self.min_cosine}")
-        if self.min_top1_agreement is not None:
-            agreement = report.get("top1_agreement")
-            if agreement is None:
-                misses.append(f"no top-1 agreement measured for task {report.get('task')}")
-            elif agreement < self.min_top1_agreement:
-                misses.append(
-                    f"top-1 agreement {_exact(agreement, self.min_top1_agreement)} < "
-                    f"{self.min_top1_agreement}"
-                )
-        return misses
-
-    def to_json(self) -> dict[str, Any]:
-        return {"min_cosine": self.min_cosine, "min_top1_agreement": self.min_top1_agreement}
-
-
-def _exact(value: float, bound: float) -> str:
-    """`value` with enough digits to show it is below `bound` (0.99997, not 1.0000)."""
-    for digits in range(4, 10):
-        text = f"{value:.{digits}f}"
-        if float(text) < bound:
-            return text
-    return repr(value)
-
-
-def check_budget_fits(budget: Budget, task: str) -> None:
-    """Refuse a budget the task cannot be measured by, before any slow work."""
-    if budget.min_top1_agreement is not None and task not in CLASSIFIERS:
-        raise UserInputError(
-            f"--min-top1-agreement applies to classifiers ({', '.join(CLASSIFIERS)}); "
-            f"this model's task is {task}: use --min-cosine"
-        )
 
 
 def pooled(outputs: Outputs, feeds: Outputs, names: Sequence[str]) -> np.ndarray:
@@ -177,16 +114,3 @@ def measure(
         worst = sorted(cosines)[:WORST]
         report["worst"] = [{"name": n, "cosine": round(v, 6)} for v, n in worst]
     return report
-
-
-def summary(report: Mapping[str, Any]) -> str:
-    """One line for tables and logs."""
-    if report.get("metric") == "top1_agreement":
-        text = f"top-1 agreement {report['top1_agreement']:.4f}"
-    else:
-        cos = report["cosine"]
-        text = f"cosine min {cos['min']:.4f} mean {cos['mean']:.4f}"
-    worst = report.get("worst") or []
-    if worst:
-        text += f", worst: {worst[0]['name']!r}"
-    return f"{text} over {report['samples']} samples"

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from modelkiln.compare import compare_outputs, summarize
+from modelkiln.compare import Tolerance, compare_outputs, summarize
 from modelkiln.errors import CheckpointError, ExportError, first_line
-from modelkiln.exporter.specs import TaskSpec, Tolerance, make_inputs
-from modelkiln.golden import Sample
+from modelkiln.exporter.specs import TaskSpec, make_inputs
+from modelkiln.golden import GoldenSample
 
 Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -70,7 +70,7 @@ def reference_samples(
     spec: TaskSpec,
     dims_list: Sequence[Mapping[str, int]] | None = None,
     seed: int = 0,
-) -> list[Sample]:
+) -> list[GoldenSample]:
     """(inputs, reference outputs) for each shape; these become golden.npz."""
     samples = []
     for i, dims in enumerate(dims_list or spec.check_dims):
@@ -80,7 +80,7 @@ def reference_samples(
 
 
 def compare_samples(
-    samples: Sequence[Sample],
+    samples: Sequence[GoldenSample],
     candidate: Runner,
     tolerance: Tolerance,
     dims_list: Sequence[Mapping[str, int]],
@@ -93,16 +93,3 @@ def compare_samples(
         outputs = compare_outputs(expected, candidate(feeds), limits)
         checks.append({"dims": dict(dims), "outputs": outputs})
     return summarize(checks, limits)
-
-
-def validate(
-    reference: Runner,
-    candidate: Runner,
-    spec: TaskSpec,
-    dims_list: Sequence[Mapping[str, int]] | None = None,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Compare candidate with reference on fresh inputs of every shape."""
-    dims_list = list(dims_list or spec.check_dims)
-    samples = reference_samples(reference, spec, dims_list, seed)
-    return compare_samples(samples, candidate, spec.tolerance, dims_list)

@@ -32,15 +32,23 @@ _DTYPE_BYTES = {
 _MAX_HEADER = 100 * 1024 * 1024
 
 
+# How pickle-based PyTorch weights start: torch.save's zip archive, or a bare pickle stream
+# (protocol 2 to 5) from older torch.save / pickle.dump.
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOLS = (2, 3, 4, 5)
+
+
 def check_safetensors(path: Path) -> None:
     size = path.stat().st_size
     hint = "re-download or re-save the checkpoint"
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
+            _refuse_pickle(path, head)
             raise CheckpointError(f"{path} is truncated ({size} bytes): {hint}")
         n = int.from_bytes(head, "little")
         if n > min(size - 8, _MAX_HEADER):
+            _refuse_pickle(path, head)
             raise CheckpointError(
                 f"{path} is corrupt or truncated: its header claims {n} bytes but the file "
                 f"has {size}: {hint}"
@@ -48,6 +56,7 @@ def check_safetensors(path: Path) -> None:
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, ValueError):
+            _refuse_pickle(path, head)
             raise CheckpointError(
                 f"{path} is corrupt: its header is not valid JSON: {hint}"
             ) from None
@@ -74,4 +83,17 @@ def check_safetensors(path: Path) -> None:
         raise CheckpointError(
             f"{path} is truncated or corrupt: the header describes {8 + n + end} bytes, "
             f"the file has {size}: {hint}"
+        )
+
+
+def _refuse_pickle(path: Path, head: bytes) -> None:
+    """A file that is not valid safetensors but starts like a pickle is named as such (a
+    `torch.save` file renamed `.safetensors` otherwise reads as an absurd header size)."""
+    if head.startswith(_ZIP_MAGIC) or (
+        len(head) >= 2 and head[0] == 0x80 and head[1] in _PICKLE_PROTOCOLS
+    ):
+        raise CheckpointError(
+            f"{path} is a pickle file (PyTorch torch.save format) named .safetensors, which "
+            "can run code when loaded; convert it with safetensors.torch.save_file, or name "
+            "it pytorch_model.bin and pass --allow-pickle"
         )

@@ -61,19 +61,23 @@ class HFCheckpoint:
     pickled: bool
     preprocessing: list[Path]
     kind: str = "hf"
+    stock_architecture: bool = False  # its config declares custom code, exported as stock
 
     @property
     def model_type(self) -> str:
         return str(self.config.get("model_type", "unknown"))
 
     def describe(self) -> dict[str, Any]:
-        return {
+        record = {
             "kind": self.kind,
             "path": str(self.path.resolve()),
             "model_type": self.model_type,
             "architectures": self.config.get("architectures", []),
             "weights": _weights_record(self.weights, self.path),
         }
+        if self.stock_architecture:
+            record["stock_architecture"] = True
+        return record
 
     def load_module(self, auto_class: str) -> Any:
         """Instantiate the model with real weights; refuses checkpoints missing task weights."""
@@ -158,12 +162,14 @@ class OnnxSource:
 Source = HFCheckpoint | FactorySource | OnnxSource
 
 
-def load(ref: str, allow_pickle: bool = False) -> Source:
+def load(ref: str, allow_pickle: bool = False, stock_architecture: bool = False) -> Source:
+    """`stock_architecture`: export a checkpoint whose config declares custom code
+    (`auto_map`) with the stock transformers class instead of refusing it."""
     path = Path(ref)
     if path.suffix == ".onnx":
         return _load_onnx(path)
     if path.is_dir():
-        return _load_hf(path, allow_pickle)
+        return _load_hf(path, allow_pickle, stock_architecture)
     if path.exists():
         raise CheckpointError(
             f"{path} is a file modelkiln cannot export; give a Hugging Face checkpoint folder, "
@@ -174,7 +180,7 @@ def load(ref: str, allow_pickle: bool = False) -> Source:
     raise CheckpointError(f"{path} does not exist")
 
 
-def _load_hf(path: Path, allow_pickle: bool) -> HFCheckpoint:
+def _load_hf(path: Path, allow_pickle: bool, stock_architecture: bool) -> HFCheckpoint:
     config_path = path / "config.json"
     if not config_path.is_file():
         raise CheckpointError(
@@ -187,6 +193,14 @@ def _load_hf(path: Path, allow_pickle: bool) -> HFCheckpoint:
         raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_path} does not hold a JSON object")
+    custom = _custom_code(config)
+    if custom and not stock_architecture:
+        raise CheckpointError(
+            f"{config_path} declares custom code (auto_map: {custom}); modelkiln never runs "
+            "code from a checkpoint, and the stock transformers class could build a different "
+            "model than its author's: pass --stock-architecture to export the stock "
+            f"{config.get('model_type', 'model')} class anyway"
+        )
     # Exactly the files transformers loads: safetensors first, pickle only when allowed.
     weights = _weight_files(path, SAFETENSORS_NAME)
     pickled = False
@@ -217,7 +231,19 @@ def _load_hf(path: Path, allow_pickle: bool) -> HFCheckpoint:
             )
         pickled = True
     preprocessing = [path / n for n in PREPROCESSING_FILES if (path / n).is_file()]
-    return HFCheckpoint(path, config, weights, pickled, preprocessing)
+    return HFCheckpoint(
+        path, config, weights, pickled, preprocessing, stock_architecture=custom != ""
+    )
+
+
+def _custom_code(config: dict[str, Any]) -> str:
+    """What `auto_map` maps to which module (empty: the checkpoint brings no code)."""
+    auto_map = config.get("auto_map")
+    if not auto_map:
+        return ""
+    if isinstance(auto_map, dict):
+        return ", ".join(f"{k} -> {v}" for k, v in auto_map.items())
+    return str(auto_map)
 
 
 def _weight_files(path: Path, name: str) -> list[Path]:

@@ -13,29 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from modelkiln.compare import Tolerance
 from modelkiln.errors import UnknownTaskError, UserInputError
-from modelkiln.feedgen import Axis, InputDecl, generate_feeds
+from modelkiln.generated_feeds import Axis, InputDecl, generate_feeds
+from modelkiln.hf_config import position_limit
 from modelkiln.tensors import TensorSpec
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    atol: float = 1e-4
-    min_cosine: float | None = None  # compared per row of the last axis (embeddings)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"atol": self.atol, "min_cosine": self.min_cosine}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Tolerance:
-        return cls(atol=float(data["atol"]), min_cosine=data.get("min_cosine"))
-
-
-# Reduced-precision inference cannot meet fp32 tolerances; these are the loosest accepted.
-PRECISION_TOLERANCE = {
-    "fp16": Tolerance(atol=2e-2, min_cosine=0.999),
-    "bf16": Tolerance(atol=1e-1, min_cosine=0.995),
-}
 
 
 @dataclass(frozen=True)
@@ -52,22 +34,11 @@ class TaskSpec:
         """`dims` with each size capped at the model's limit (e.g. max_position_embeddings)."""
         return {d: min(v, self.limits.get(d, v)) for d, v in dims.items()}
 
-    def tolerance_for(self, precision: str) -> Tolerance:
-        """The task's tolerance, loosened for reduced-precision inference."""
-        loose = PRECISION_TOLERANCE.get(precision)
-        if loose is None:
-            return self.tolerance
-        cosine = self.tolerance.min_cosine
-        return Tolerance(
-            atol=max(self.tolerance.atol, loose.atol),
-            min_cosine=None if cosine is None else min(cosine, loose.min_cosine or cosine),
-        )
-
     def to_json(self) -> dict[str, Any]:
         return {
             "task": self.task,
             "inputs": [
-                {"name": d.name, "dtype": d.dtype, "axes": list(d.axes), **d.values_json()}
+                {"name": d.name, "dtype": d.dtype, "axes": list(d.axes), **d.values.to_json()}
                 for d in self.inputs
             ],
             "outputs": list(self.outputs),
@@ -182,15 +153,9 @@ def _text_spec(config: Mapping[str, Any], task: str, forward_args: set[str]) -> 
     if "token_type_ids" in forward_args and int(config.get("type_vocab_size", 0)) >= 2:
         inputs.append(InputDecl("token_type_ids", "int64", axes, "zeros"))
     limits = {}
-    positions = config.get("max_position_embeddings")
-    if isinstance(positions, int) and positions > 0:
-        # RoBERTa-style models start position ids after the padding index.
-        offset = (
-            int(config.get("pad_token_id") or 0) + 1
-            if "roberta" in str(config.get("model_type"))
-            else 0
-        )
-        limits["sequence"] = max(positions - offset, 2)
+    positions = position_limit(config)
+    if positions is not None:
+        limits["sequence"] = positions
     longest = limits.get("sequence", 1 << 30)
     checks = tuple(
         {"batch": dims["batch"], "sequence": min(dims["sequence"], longest // (2 - i))}

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelkiln.backends.base import Session
 from modelkiln.errors import (
     BackendUnavailable,
     CheckpointError,
@@ -25,7 +26,7 @@ from modelkiln.errors import (
     UserInputError,
     ValidationError,
 )
-from modelkiln.runtime import Session, load
+from modelkiln.runtime import load
 from modelkiln.tensors import TensorSpec
 
 if TYPE_CHECKING:
@@ -35,18 +36,19 @@ __version__ = "0.1.0"
 
 
 def export(checkpoint: str | Path, output: str | Path, **options: Any) -> ExportResult:
-    """Trace, optimize, build and validate; see `modelkiln.pipeline.export` for options."""
-    from modelkiln.pipeline import export as _export
+    """Trace, optimize, build and validate; see `modelkiln.pipeline.export_targets` for
+    options. Imports the exporter (torch, transformers) only when called."""
+    from modelkiln.pipeline import export as export_one
 
-    return _export(checkpoint, output, **options)
+    return export_one(checkpoint, output, **options)
 
 
 def bench(artifacts: Any, **options: Any) -> dict[str, Any]:
     """Latency, throughput and memory of artifacts (and a PyTorch baseline); returns what
-    `kiln bench --json` writes. See `modelkiln.bench.bench` for options."""
-    from modelkiln.bench import bench as _bench  # makes `modelkiln.bench` the (callable) module
+    `kiln bench --json` writes. See `modelkiln.benchmark.run.bench` for options."""
+    from modelkiln.benchmark.run import bench as run_bench
 
-    return _bench(artifacts, **options)
+    return run_bench(artifacts, **options)
 
 
 __all__ = [

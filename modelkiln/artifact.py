@@ -1,4 +1,4 @@
-"""The artifact folder: `kiln.json` manifest, file hashes, and staged (all-or-nothing) writes.
+"""The artifact folder: its manifest, file hashes, and staged (all-or-nothing) writes.
 
 Reading an artifact needs only the standard library and numpy, so the runtime stays light.
 """
@@ -14,14 +14,13 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from modelkiln.errors import ArtifactError, OutputExistsError, UserInputError
-from modelkiln.tensors import TensorSpec, specs_from_json
+from modelkiln.hf_config import position_limit
+from modelkiln.manifest import MANIFEST, SCHEMA_VERSION, FileEntry, Manifest
+from modelkiln.tensors import TensorSpec
 
-MANIFEST = "kiln.json"
 GOLDEN = "golden.npz"
-SCHEMA_VERSION = 1
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -32,27 +31,27 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def file_entries(root: Path) -> dict[str, dict[str, Any]]:
+def file_entries(root: Path) -> dict[str, FileEntry]:
     """sha256 and size of every file under `root` except the manifest itself."""
     entries = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
         if rel == MANIFEST:
             continue
-        entries[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+        entries[rel] = FileEntry(sha256_file(path), path.stat().st_size)
     return entries
 
 
-def verify_files(root: Path, recorded: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def verify_files(root: Path, recorded: Mapping[str, FileEntry]) -> list[str]:
     """Problems found comparing the folder with the manifest's file list; empty when intact."""
     problems = []
     for rel, entry in recorded.items():
         path = root / rel
         if not path.is_file():
             problems.append(f"{rel}: missing")
-        elif path.stat().st_size != entry["size"]:
-            problems.append(f"{rel}: size {path.stat().st_size} != recorded {entry['size']}")
-        elif sha256_file(path) != entry["sha256"]:
+        elif path.stat().st_size != entry.size:
+            problems.append(f"{rel}: size {path.stat().st_size} != recorded {entry.size}")
+        elif sha256_file(path) != entry.sha256:
             problems.append(f"{rel}: sha256 differs from the manifest (file was modified)")
     present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     for rel in sorted(present - set(recorded) - {MANIFEST}):
@@ -63,7 +62,7 @@ def verify_files(root: Path, recorded: Mapping[str, Mapping[str, Any]]) -> list[
 @dataclass(frozen=True)
 class Artifact:
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Artifact:
@@ -77,42 +76,63 @@ class Artifact:
                 "(create one with `kiln export`)"
             )
         try:
-            manifest = json.loads(manifest_path.read_text())
+            data = json.loads(manifest_path.read_text())
         except (OSError, ValueError) as exc:
             raise ArtifactError(f"{manifest_path} is unreadable: {exc}") from None
-        version = manifest.get("schema_version")
+        version = data.get("schema_version") if isinstance(data, dict) else None
         if version != SCHEMA_VERSION:
             raise ArtifactError(
                 f"{manifest_path} has schema version {version!r}; this modelkiln reads "
                 f"version {SCHEMA_VERSION}"
             )
+        try:
+            manifest = Manifest.from_json(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ArtifactError(
+                f"{manifest_path} is malformed ({type(exc).__name__}: {exc}); re-export the "
+                "artifact"
+            ) from None
+        if "limits" not in data:  # artifacts from before limits were recorded
+            manifest.limits = _limits_from_config(root, manifest)
         return cls(root, manifest)
 
     @property
     def backend(self) -> str:
-        return str(self.manifest["backend"]["name"])
+        return self.manifest.backend.name
 
     @property
     def inputs(self) -> dict[str, TensorSpec]:
-        return specs_from_json(self.manifest["inputs"])
+        return self.manifest.inputs
 
     @property
     def outputs(self) -> dict[str, TensorSpec]:
-        return specs_from_json(self.manifest["outputs"])
+        return self.manifest.outputs
 
     @property
     def shape_ranges(self) -> dict[str, tuple[int, int]]:
-        """(min, max) per named dimension, from the target's [shapes] (none: unbounded)."""
-        shapes = (self.manifest.get("target") or {}).get("shapes") or {}
-        return {dim: (int(r["min"]), int(r["max"])) for dim, r in shapes.items()}
+        return self.manifest.shape_ranges
 
     def file(self, role: str) -> Path:
         """Path of a backend file by role (e.g. "model"), as recorded at build time."""
-        return self.path / self.manifest["backend"]["files"][role]
+        return self.path / self.manifest.backend.files[role]
 
 
-def write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+def _limits_from_config(root: Path, manifest: Manifest) -> dict[str, int]:
+    """The sequence limit from the config.json an older artifact copied, if any."""
+    if manifest.source.kind != "hf" or not any(
+        "sequence" in s.shape for s in manifest.inputs.values()
+    ):
+        return {}
+    try:
+        config = json.loads((root / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    limit = position_limit(config) if isinstance(config, dict) else None
+    return {} if limit is None else {"sequence": limit}
+
+
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    (root / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
 
 
 def blocking_file(path: Path) -> Path | None:

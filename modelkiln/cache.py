@@ -21,7 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelkiln.golden import Sample, load_golden, save_golden
+import modelkiln.exporter
+import modelkiln.generated_feeds
+import modelkiln.hf_config
+from modelkiln.cache_dir import default_cache_dir
+from modelkiln.golden import GoldenSample, load_golden, save_golden
 from modelkiln.versions import tool_versions
 
 ENTRY_FORMAT = 1
@@ -31,19 +35,12 @@ REFERENCE = "reference.npz"
 KEYED_TOOLS = ("torch", "transformers", "onnx", "onnxscript", "onnx-ir")
 
 
-def default_cache_dir() -> Path:
-    env = os.environ.get("MODELKILN_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "modelkiln"
-
-
 def code_digest() -> str:
     """Hash of the exporter's source, so a changed tracer or pass list misses the cache."""
-    import modelkiln.exporter
-    import modelkiln.feedgen
-
     digest = hashlib.sha256()
     files = sorted(Path(modelkiln.exporter.__file__).parent.glob("*.py"))
-    for path in [*files, Path(modelkiln.feedgen.__file__)]:
+    shared = [modelkiln.generated_feeds.__file__, modelkiln.hf_config.__file__]
+    for path in [*files, *map(Path, shared)]:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -63,7 +60,7 @@ class CacheEntry:
         ir.external_data.load_to_model(model)
         return model
 
-    def samples(self) -> list[Sample]:
+    def samples(self) -> list[GoldenSample]:
         return load_golden(self.path / REFERENCE)
 
 
@@ -71,7 +68,8 @@ class BuildCache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
         self.models = self.root / "models"
-        self.compiled = self.root / "openvino"  # see modelkiln.backends.openvino.default_cache_dir
+        # OpenVINO's compiled blobs (modelkiln.backends.openvino.default_cache_dir)
+        self.compiled = self.root / "openvino"
 
     def key(self, parts: dict[str, Any]) -> str:
         payload = {
@@ -92,7 +90,7 @@ class BuildCache:
             return None
         return CacheEntry(key, path, meta)
 
-    def put(self, key: str, model: Any, meta: dict[str, Any], samples: list[Sample]) -> None:
+    def put(self, key: str, model: Any, meta: dict[str, Any], samples: list[GoldenSample]) -> None:
         """Store an entry; never fails the export (a full disk just means no cache)."""
         import onnx_ir as ir
 

@@ -7,9 +7,25 @@ once instead of stopping at the first.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How close an output must stay to the reference."""
+
+    atol: float = 1e-4
+    min_cosine: float | None = None  # compared per row of the last axis (embeddings)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"atol": self.atol, "min_cosine": self.min_cosine}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Tolerance:
+        return cls(atol=float(data["atol"]), min_cosine=data.get("min_cosine"))
 
 
 def cosine_min(reference: np.ndarray, actual: np.ndarray) -> float:

@@ -8,9 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from modelkiln.artifact import MANIFEST, Artifact
+from modelkiln.artifact import Artifact
 from modelkiln.errors import ArtifactError
+from modelkiln.manifest import MANIFEST, Validation
 from modelkiln.onnx_proto import iter_graphs, load_proto
+from modelkiln.tensors import specs_to_json
 
 
 def describe(path: str | Path) -> dict[str, Any]:
@@ -18,22 +20,23 @@ def describe(path: str | Path) -> dict[str, Any]:
     if path.is_dir() and (path / MANIFEST).is_file():
         artifact = Artifact.open(path)
         m = artifact.manifest
+        raw = m.to_json()
         info = {
             "kind": "artifact",
             "path": str(path),
-            "name": m.get("name"),
-            "task": m.get("task"),
-            "target": m.get("target", {}).get("name"),
+            "name": m.name,
+            "task": m.task,
+            "target": m.target.name,
             "backend": artifact.backend,
-            "precision": m.get("precision"),
-            "source": m.get("source", {}).get("path"),
-            "inputs": m["inputs"],
-            "outputs": m["outputs"],
-            "passes": m.get("passes", []),
-            "validation": _validation_summary(m.get("validation", {})),
-            "accuracy": m.get("accuracy"),
-            "size_bytes": sum(int(e["size"]) for e in m.get("files", {}).values()),
-            "files": m.get("files", {}),
+            "precision": m.precision,
+            "source": m.source.path,
+            "inputs": raw["inputs"],
+            "outputs": specs_to_json(m.outputs),
+            "passes": [p.to_json() for p in m.passes],
+            "validation": _validation_summary(m.validation),
+            "accuracy": None if m.accuracy is None else m.accuracy.to_json(),
+            "size_bytes": m.size_bytes,
+            "files": raw.get("files", {}),
         }
         model_file = artifact.file("model")
         if model_file.suffix == ".onnx":
@@ -58,10 +61,36 @@ def describe(path: str | Path) -> dict[str, Any]:
     )
 
 
-def _validation_summary(report: dict[str, Any]) -> dict[str, Any]:
-    if report.get("skipped"):
-        return {"skipped": True, "reason": report.get("reason")}
-    return {k: report.get(k) for k in ("passed", "max_abs_diff", "tolerance", "reference")}
+def _validation_summary(report: Validation | None) -> dict[str, Any]:
+    if report is None:
+        return {"passed": None, "max_abs_diff": None, "tolerance": None, "reference": None}
+    if report.skipped:
+        return {"skipped": True, "reason": report.reason}
+    return {
+        "passed": report.passed,
+        "max_abs_diff": report.max_abs_diff,
+        "tolerance": report.tolerance,
+        "reference": report.reference,
+    }
+
+
+def validation_lines(summary: dict[str, Any]) -> list[str]:
+    """The validation summary as lines a person reads (not a dict repr)."""
+    if summary.get("skipped"):
+        return [f"skipped ({summary.get('reason')})"]
+    if summary.get("passed") is None:
+        return ["not recorded"]
+    tolerance = summary.get("tolerance") or {}
+    limits = [f"atol {tolerance['atol']:g}"] if "atol" in tolerance else []
+    if tolerance.get("min_cosine") is not None:
+        limits.append(f"min cosine {tolerance['min_cosine']:g}")
+    verdict = "passed" if summary["passed"] else "FAILED"
+    lines = [f"{verdict}, max abs diff {summary['max_abs_diff']:.2e}"]
+    if limits:
+        lines.append(f"tolerance {', '.join(limits)}")
+    if summary.get("reference"):
+        lines.append(f"against {summary['reference']}")
+    return lines
 
 
 def _graph_stats(path: Path) -> dict[str, Any]:

@@ -8,11 +8,12 @@ from typing import Any
 
 import numpy as np
 
-Sample = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]
+# (inputs, reference outputs) of one validation shape.
+GoldenSample = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]
 _SEP = "__"
 
 
-def save_golden(path: Path, samples: Sequence[Sample]) -> None:
+def save_golden(path: Path, samples: Sequence[GoldenSample]) -> None:
     arrays: dict[str, Any] = {}
     for i, (inputs, outputs) in enumerate(samples):
         arrays.update({f"c{i}{_SEP}in{_SEP}{k}": v for k, v in inputs.items()})
@@ -20,8 +21,8 @@ def save_golden(path: Path, samples: Sequence[Sample]) -> None:
     np.savez_compressed(path, **arrays)
 
 
-def load_golden(path: Path) -> list[Sample]:
-    samples: dict[int, Sample] = {}
+def load_golden(path: Path) -> list[GoldenSample]:
+    samples: dict[int, GoldenSample] = {}
     with np.load(path, allow_pickle=False) as data:
         for key in data.files:
             index, kind, name = key.split(_SEP, 2)

@@ -7,8 +7,6 @@ appears at its output path only after it validated.
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +15,6 @@ from typing import Any
 
 from modelkiln.artifact import (
     GOLDEN,
-    SCHEMA_VERSION,
     Artifact,
     check_output_free,
     check_side_path,
@@ -25,47 +22,42 @@ from modelkiln.artifact import (
     staging,
     write_manifest,
 )
-from modelkiln.backends import Backend, get_backend
+from modelkiln.backends.base import Backend
+from modelkiln.backends.registry import get_backend
 from modelkiln.cache import BuildCache
 from modelkiln.errors import UserInputError, ValidationError
-from modelkiln.exporter.accuracy import check_budget_fits
+from modelkiln.exporter.specs import check_task
 from modelkiln.golden import save_golden
-from modelkiln.precision import (
-    QUANTIZED,
-    Evaluation,
-    PrecisionOptions,
-    accuracy_section,
-    build_arguments,
+from modelkiln.manifest import Manifest, Validation
+from modelkiln.precision.build import build_target
+from modelkiln.precision.evaluation import Evaluation, load_evaluation
+from modelkiln.precision.options import PrecisionOptions
+from modelkiln.precision.request import (
     check_backend,
     check_request,
     effective_budget,
-    load_evaluation,
     needs_evaluation,
-    replay_validation,
-    run_search,
     with_precision,
 )
-from modelkiln.precision import probe_ms as measure_latency
-from modelkiln.prepare import Prepared, prepare, reference_for
+from modelkiln.precision.search import probe_ms
+from modelkiln.prepare import Prepared, prepare
 from modelkiln.progress import Progress
 from modelkiln.targets import Target, load_target
 from modelkiln.targets.shapes import common_ranges
-from modelkiln.tensors import TensorSpec, specs_to_json
-from modelkiln.versions import tool_versions
 
-__all__ = ["ExportResult", "export", "export_many", "export_targets", "reference_for"]
+__all__ = ["ExportResult", "export", "export_many", "export_targets"]
 
 
 @dataclass
 class ExportResult:
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     times: dict[str, float] = field(default_factory=dict)
     probe_ms: float | None = None  # median run time on the first validation shape
 
     @property
     def size_bytes(self) -> int:
-        return sum(int(e["size"]) for e in self.manifest["files"].values())
+        return self.manifest.size_bytes
 
 
 def export(
@@ -101,6 +93,14 @@ def default_name(checkpoint: str) -> str:
     return stem.replace(".", "-") or "model"
 
 
+def checkpoint_path(checkpoint: str) -> Path:
+    """The file or folder a checkpoint reference names (the .py file of a factory)."""
+    path = Path(checkpoint)
+    if not path.exists() and ":" in checkpoint:
+        return Path(checkpoint.rpartition(":")[0])
+    return path
+
+
 def export_targets(
     checkpoint: str | Path,
     plan: Sequence[tuple[Path, str | Target]],
@@ -108,6 +108,7 @@ def export_targets(
     task: str | None = None,
     force: bool = False,
     allow_pickle: bool = False,
+    stock_architecture: bool = False,
     validate: bool = True,
     dump_passes: str | Path | None = None,
     cache_dir: str | Path | None = None,
@@ -119,9 +120,8 @@ def export_targets(
     (output path, target). Every input is checked before any slow work starts.
 
     `precision` overrides the targets' precision and brings calibration/evaluation data
-    and the accuracy budget (see `modelkiln.precision`)."""
-    from modelkiln.exporter.specs import check_task
-
+    and the accuracy budget (see `modelkiln.precision`); `stock_architecture` exports a
+    checkpoint that declares custom code with the stock transformers class."""
     options = precision or PrecisionOptions()
     progress = progress or Progress(quiet=True)
     protected = checkpoint_path(str(checkpoint))
@@ -138,18 +138,13 @@ def export_targets(
         if dump_dir is not None:
             check_side_path(dump_dir, out, "--dump-passes", folder=True)
     check_task(task)
+    targets = [tgt for _, tgt in resolved]
     backends = []
-    for _, tgt in resolved:
-        backend = get_backend(tgt.backend)
-        check_backend(backend, tgt)
-        backends.append(backend)
-    check_request(options, [(tgt, b) for (_, tgt), b in zip(resolved, backends, strict=True)])
-    if not validate and any(needs_evaluation(t.precision, options) for _, t in resolved):
-        raise UserInputError(
-            "--no-validate cannot be combined with reduced precisions: their accuracy is "
-            "what validation measures"
-        )
-    common_ranges([tgt for _, tgt in resolved])  # disjoint shape ranges: one line, exit 2
+    for tgt in targets:
+        backends.append(get_backend(tgt.backend))
+        check_backend(backends[-1], tgt)
+    check_request(options, list(zip(targets, backends, strict=True)), validate)
+    ranges = common_ranges(targets)  # disjoint shape ranges: one line, exit 2
     cache = BuildCache(Path(cache_dir) if cache_dir else None) if use_cache else None
     prepared = prepare(
         str(checkpoint),
@@ -159,25 +154,17 @@ def export_targets(
         progress,
         cache,
         reference=validate,
-        targets=[tgt for _, tgt in resolved],
+        targets=targets,
+        stock_architecture=stock_architecture,
     )
     evaluation = None
-    if any(needs_evaluation(t.precision, options) for _, t in resolved):
-        for _, tgt in resolved:
-            check_budget_fits(effective_budget(options, tgt), prepared.spec.task)
+    if any(needs_evaluation(t.precision, options) for t in targets):
+        for tgt in targets:
+            effective_budget(options, tgt).fits(prepared.spec.task)
         with progress.stage("data", "reading calibration and evaluation data; fp32 reference"):
-            runner = reference_for(str(checkpoint), task, allow_pickle)[1]
-            folder = checkpoint_path(str(checkpoint))
             # Texts longer than a target's [shapes] range would be refused by its sessions.
-            longest = common_ranges([t for _, t in resolved]).get("sequence", (0, None))[1]
-            evaluation = load_evaluation(
-                options,
-                prepared.spec,
-                folder if folder.is_dir() else None,
-                runner,
-                progress,
-                max_length=longest,
-            )
+            longest = ranges.get("sequence", (0, None))[1]
+            evaluation = load_evaluation(options, prepared, progress, max_length=longest)
     shared = dict(progress.times)
     results = []
     for (out, tgt), backend in zip(resolved, backends, strict=True):
@@ -202,115 +189,47 @@ def _build_one(
     options: PrecisionOptions,
     evaluation: Evaluation | None,
 ) -> ExportResult:
-    spec = prepared.spec
-    probe_ms = None
-    search = None
-    if tgt.precision == "auto":
-        assert evaluation is not None
-        search = run_search(
-            prepared, out, tgt, backend, options, evaluation, progress, _candidate_manifest
-        )
-        tgt = dataclasses.replace(tgt, precision=search.chosen.precision)
+    probe = None
     with staging(out, force) as stage:
-        with progress.stage("build", f"building for target {tgt.name} ({backend.name})"):
-            if search is not None:
-                backend_section = search.adopt(stage)
-            else:
-                backend_section = backend.build(
-                    prepared.model, tgt, stage, **build_arguments(backend, tgt, evaluation)
-                )
-            for f in prepared.preprocessing:
-                shutil.copy2(f, stage / f.name)
-        manifest = _candidate_manifest(prepared, out.name, tgt, backend_section)
+        built = build_target(prepared, tgt, backend, stage, out, options, evaluation, progress)
+        manifest = prepared.manifest(out.name, built.target, built.section)
         write_manifest(stage, manifest)
         if validate:
-            from modelkiln.exporter.reference import compare_samples
-
-            tolerance = spec.tolerance_for(tgt.precision)
             with progress.stage("validate", f"validating {tgt.name} against the reference"):
                 session = backend.load(Artifact(stage, manifest))
-                if tgt.precision in QUANTIZED:
-                    report = replay_validation(prepared, session.run)
-                else:
-                    report = compare_samples(
-                        prepared.samples, session.run, tolerance, prepared.check_dims
-                    )
-                probe_ms = measure_latency(session.run, prepared.samples[0][0], runs=5)
-                if evaluation is not None and (
-                    search is not None or needs_evaluation(tgt.precision, options)
-                ):
-                    manifest["accuracy"] = accuracy_section(
-                        tgt, session.run, options, evaluation, search
-                    )
-            report["reference"] = prepared.reference
-            if not report["passed"]:
-                raise ValidationError(
-                    f"{len(report['failures'])} output check(s) of target {tgt.name} differ "
-                    f"from the reference ({report['reference']}); nothing was written",
-                    report,
-                )
-            misses = (manifest.get("accuracy") or {}).get("misses") or []
-            if misses:
-                raise ValidationError(
-                    f"target {tgt.name} ({tgt.precision}) misses its accuracy budget: "
-                    f"{'; '.join(misses)}; nothing was written",
-                    {"accuracy": manifest["accuracy"], "failures": misses},
-                )
+                report = built.validate(prepared, session.run)
+                probe = probe_ms(session.run, prepared.samples[0][0], runs=5)
+                manifest.accuracy = built.accuracy(session.run)
+            _raise_failures(built.target, report, manifest)
         else:
-            report = {"skipped": True, "reason": "--no-validate"}
+            report = Validation.skipped_because("--no-validate")
         with progress.stage("finalize", "writing golden samples and manifest"):
+            for f in prepared.preprocessing:
+                shutil.copy2(f, stage / f.name)
             if validate:
                 save_golden(stage / GOLDEN, prepared.samples)
-            manifest["validation"] = report
+            manifest.validation = report
             times = {**shared_times, **progress.times}
-            manifest["timings"] = {k: round(v, 3) for k, v in times.items()}
-            manifest["files"] = file_entries(stage)
+            manifest.timings = {k: round(v, 3) for k, v in times.items()}
+            manifest.files = file_entries(stage)
             write_manifest(stage, manifest)
-    return ExportResult(out, manifest, {**shared_times, **progress.times}, probe_ms)
+    return ExportResult(out, manifest, {**shared_times, **progress.times}, probe)
 
 
-def _candidate_manifest(
-    prepared: Prepared, name: str, tgt: Target, backend_section: dict[str, Any]
-) -> dict[str, Any]:
-    """The manifest of an artifact being built (files and validation come later)."""
-    spec = prepared.spec
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "name": name,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "task": spec.task,
-        "source": prepared.source_info,
-        "target": tgt.to_json(),
-        "backend": backend_section,
-        "precision": tgt.precision,
-        "opset": prepared.model.opset_imports.get(""),
-        "versions": tool_versions(),
-        "passes": prepared.passes,
-        "cache": prepared.cache,
-        "inputs": _inputs_json(prepared.model.graph.inputs, spec),
-        "outputs": specs_to_json(_io_specs(prepared.model.graph.outputs)),
-        "preprocessing": [f.name for f in prepared.preprocessing],
-    }
-
-
-def checkpoint_path(checkpoint: str) -> Path:
-    """The file or folder a checkpoint reference names (the .py file of a factory)."""
-    path = Path(checkpoint)
-    if not path.exists() and ":" in checkpoint:
-        return Path(checkpoint.rpartition(":")[0])
-    return path
-
-
-def _inputs_json(values: Any, spec: Any) -> dict[str, Any]:
-    """Input specs plus the kind of values each takes, so tools can generate valid feeds."""
-    data = specs_to_json(_io_specs(values))
-    for decl in spec.inputs:
-        if decl.name in data:
-            data[decl.name]["values"] = decl.values_json()
-    return data
-
-
-def _io_specs(values: Any) -> dict[str, TensorSpec]:
-    from modelkiln.exporter.specs import tensor_spec_of
-
-    return {value.name: tensor_spec_of(value) for value in values}
+def _raise_failures(target: Target, report: Validation, manifest: Manifest) -> None:
+    """Refuse an artifact whose outputs differ from the reference, or that misses its
+    accuracy budget: every failing output (every miss) is listed."""
+    if not report.passed:
+        raise ValidationError(
+            f"{len(report.failures)} output check(s) of target {target.name} differ "
+            f"from the reference ({report.reference}); nothing was written",
+            report.to_json(),
+        )
+    misses = manifest.accuracy.misses if manifest.accuracy is not None else None
+    if misses:
+        assert manifest.accuracy is not None
+        raise ValidationError(
+            f"target {target.name} ({target.precision}) misses its accuracy budget: "
+            f"{'; '.join(misses)}; nothing was written",
+            {"accuracy": manifest.accuracy.to_json(), "failures": misses},
+        )

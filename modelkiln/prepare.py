@@ -1,38 +1,99 @@
 """The target-independent half of an export: load, trace, simplify, record the reference.
 
 Everything here happens once per export however many targets follow. The result can come
-from the build cache, in which case neither torch nor the checkpoint's weights are loaded.
+from the build cache, in which case neither torch nor the checkpoint's weights are loaded
+unless something asks for the reference model itself (`Prepared.reference_runner`).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveInitializersFromInputsPass
+
 from modelkiln.cache import BuildCache, CacheEntry
-from modelkiln.golden import Sample
+from modelkiln.errors import UserInputError
+from modelkiln.exporter import sources, specs
+from modelkiln.exporter.passes import simplify
+from modelkiln.exporter.reference import onnx_runner, reference_samples, torch_runner
+from modelkiln.exporter.specs import TaskSpec, make_inputs, tensor_spec_of
+from modelkiln.exporter.trace import OutputSelector, trace
+from modelkiln.golden import GoldenSample
+from modelkiln.manifest import BackendSection, Manifest, PassRecord, SourceRecord
 from modelkiln.progress import Progress
 from modelkiln.targets import Target
-from modelkiln.targets.shapes import validation_dims
+from modelkiln.targets.shapes import clamp, validation_dims
+from modelkiln.versions import tool_versions
+
+Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 @dataclass
 class Prepared:
     """What every target's build and validation needs."""
 
+    source: sources.Source
+    task: str | None  # as asked (None: inferred)
     source_info: dict[str, Any]
-    spec: Any  # modelkiln.exporter.specs.TaskSpec
+    spec: TaskSpec
     model: Any  # onnx_ir.Model, simplified
     passes: list[dict[str, Any]]
-    samples: list[Sample]  # reference inputs and outputs at check_dims
+    samples: list[GoldenSample]  # reference inputs and outputs at check_dims
     reference: str  # what produced the samples
-    preprocessing: list[Path] = field(default_factory=list)
     cache: dict[str, Any] = field(default_factory=dict)
     check_dims: tuple[dict[str, int], ...] = ()  # validation shapes, inside every target's ranges
+    runner: Runner | None = None  # the reference model, once loaded
+
+    @property
+    def preprocessing(self) -> list[Path]:
+        return list(self.source.preprocessing)
+
+    def reference_runner(self) -> Runner:
+        """The reference model (PyTorch, or the ONNX source in ONNX Runtime): kept from
+        tracing, else (a cache hit) loaded now, once."""
+        if self.runner is None:
+            self.runner = model_for(self.source, self.task)[2]
+        return self.runner
+
+    def manifest(self, name: str, target: Target, backend: BackendSection) -> Manifest:
+        """The manifest of an artifact built from this model (accuracy, validation, timings
+        and files are filled in as the build goes)."""
+        graph = self.model.graph
+        decls = {d.name: d for d in self.spec.inputs}
+        inputs = {v.name: tensor_spec_of(v) for v in graph.inputs}
+        return Manifest(
+            name=name,
+            created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            task=self.spec.task,
+            source=SourceRecord.from_json(self.source_info),
+            target=target,
+            backend=backend,
+            precision=target.precision,
+            opset=self.model.opset_imports.get(""),
+            versions=tool_versions(),
+            passes=[PassRecord.from_json(p) for p in self.passes],
+            cache=dict(self.cache),
+            inputs=inputs,
+            input_values={n: decls[n].values for n in inputs if n in decls},
+            outputs={v.name: tensor_spec_of(v) for v in graph.outputs},
+            preprocessing=[f.name for f in self.preprocessing],
+            limits=dict(self.spec.limits),
+        )
+
+    def probe_feeds(self, ranges: Mapping[str, tuple[int, int]]) -> dict[str, np.ndarray]:
+        """Inputs of one batch row and 128 tokens (where the model has those dimensions),
+        kept inside `ranges` and the model's limits: what candidates are timed on."""
+        dims = dict(self.check_dims[0])
+        dims.update({d: v for d, v in (("sequence", 128), ("batch", 1)) if d in dims})
+        return make_inputs(self.spec, self.spec.fit(clamp(dims, ranges)))
 
 
 def prepare(
@@ -44,6 +105,7 @@ def prepare(
     cache: BuildCache | None,
     reference: bool = True,
     targets: Sequence[Target] = (),
+    stock_architecture: bool = False,
 ) -> Prepared:
     """`reference=False` (exports with --no-validate) skips running the reference model;
     such a result has no samples and is not stored in the cache.
@@ -54,11 +116,10 @@ def prepare(
     so ranges that leave the defaults alone share the plain entry. An entry whose model is
     cached but whose samples are for other shapes only needs the reference re-run.
     """
-    from modelkiln.exporter import sources
-    from modelkiln.exporter.specs import TaskSpec
-
     with progress.stage("load", "loading the checkpoint") as stage:
-        source = sources.load(checkpoint, allow_pickle=allow_pickle)
+        source = sources.load(
+            checkpoint, allow_pickle=allow_pickle, stock_architecture=stock_architecture
+        )
         check_task_fits(source, task)
         source_info = source.describe()  # hashes the weights
         parts = None
@@ -82,30 +143,37 @@ def prepare(
                 if entry is not None:
                     stage.label = "loading the traced model from the build cache (no tracing)"
                     return Prepared(
+                        source=source,
+                        task=task,
                         source_info=source_info,
                         spec=spec,
                         model=entry.load_model(),
                         passes=entry.meta["passes"],
                         samples=entry.samples() if reference else [],
                         reference=entry.meta["reference"],
-                        preprocessing=source.preprocessing,
                         cache={"key": entry.key, "hit": True},
                         check_dims=dims,
                     )
         spec, model, runner = model_for(source, task)
         dims = check_dims_for(spec, targets)
     if model_entry is not None and reference:
-        prepared = _rerun_reference(source, source_info, spec, model_entry, runner, dims, progress)
-    else:
-        prepared = _trace_and_simplify(
+        with progress.stage("reference", "running the reference (traced model from the cache)"):
+            samples = reference_samples(runner, spec, dims)
+        prepared = Prepared(
             source,
+            task,
             source_info,
             spec,
-            model,
-            runner if reference else None,
-            dims,
-            dump_dir,
-            progress,
+            model_entry.load_model(),
+            model_entry.meta["passes"],
+            samples,
+            model_entry.meta["reference"],
+            check_dims=dims,
+            runner=runner,
+        )
+    else:
+        prepared = _trace_and_simplify(
+            source, task, source_info, spec, model, runner, dims, dump_dir, progress, reference
         )
     if parts is not None and cache is not None and reference:
         key = _key(cache, parts, dims if dims != tuple(spec.check_dims) else None)
@@ -124,7 +192,7 @@ def prepare(
     return prepared
 
 
-def check_dims_for(spec: Any, targets: Sequence[Target]) -> tuple[dict[str, int], ...]:
+def check_dims_for(spec: TaskSpec, targets: Sequence[Target]) -> tuple[dict[str, int], ...]:
     """The spec's validation shapes inside every target's ranges; refuses [shapes] names
     the model does not have."""
     dynamic = list(dict.fromkeys(a for d in spec.inputs for a in d.axes if isinstance(a, str)))
@@ -136,83 +204,52 @@ def _key(cache: BuildCache, parts: dict[str, Any], dims: Sequence[Mapping[str, i
     return cache.key(parts if dims is None else {**parts, "check_dims": [dict(d) for d in dims]})
 
 
-def _holds(entry: CacheEntry, spec: Any, dims: Sequence[Mapping[str, int]]) -> bool:
+def _holds(entry: CacheEntry, spec: TaskSpec, dims: Sequence[Mapping[str, int]]) -> bool:
     """Whether the entry's reference samples are at `dims` (older entries: the defaults)."""
     held = entry.meta.get("check_dims", [dict(d) for d in spec.check_dims])
     return bool(held == [dict(d) for d in dims])
 
 
-def _rerun_reference(
-    source: Any,
-    source_info: dict[str, Any],
-    spec: Any,
-    entry: CacheEntry,
-    runner: Any,
-    dims: tuple[dict[str, int], ...],
-    progress: Progress,
-) -> Prepared:
-    """The cached model with reference samples at new shapes: no tracing."""
-    from modelkiln.exporter.reference import reference_samples
-
-    with progress.stage("reference", "running the reference (traced model from the cache)"):
-        samples = reference_samples(runner, spec, dims)
-    return Prepared(
-        source_info,
-        spec,
-        entry.load_model(),
-        entry.meta["passes"],
-        samples,
-        entry.meta["reference"],
-        source.preprocessing,
-        check_dims=dims,
-    )
-
-
 def _trace_and_simplify(
-    source: Any,
+    source: sources.Source,
+    task: str | None,
     source_info: dict[str, Any],
-    spec: Any,
+    spec: TaskSpec,
     model: Any,
-    runner: Any,
+    runner: Runner,
     dims: tuple[dict[str, int], ...],
     dump_dir: Path | None,
     progress: Progress,
+    reference: bool,
 ) -> Prepared:
-    from modelkiln.exporter.passes import simplify
-    from modelkiln.exporter.reference import reference_samples
-    from modelkiln.exporter.sources import OnnxSource
-
-    if not isinstance(source, OnnxSource):
-        from modelkiln.exporter.specs import make_inputs
-        from modelkiln.exporter.trace import trace
-
+    if not isinstance(source, sources.OnnxSource):
         with progress.stage("trace", "tracing to ONNX (torch.export, dynamo)"):
             model = trace(model, spec, make_inputs(spec, spec.trace_dims), source.model_type)
     with progress.stage("passes", "simplifying the graph"):
         model, log = simplify(model, dump_dir)
     samples = []
-    if runner is not None:
+    if reference:
         with progress.stage("reference", "running the reference"):
             samples = reference_samples(runner, spec, dims)
-    reference = "onnx source (onnxruntime)" if isinstance(source, OnnxSource) else "pytorch"
+    origin = "onnx source (onnxruntime)" if isinstance(source, sources.OnnxSource) else "pytorch"
     return Prepared(
-        source_info, spec, model, log, samples, reference, source.preprocessing, check_dims=dims
+        source, task, source_info, spec, model, log, samples, origin, check_dims=dims, runner=runner
     )
 
 
-def reference_for(checkpoint: str, task: str | None, allow_pickle: bool = False) -> tuple[Any, Any]:
+def reference_for(
+    checkpoint: str, task: str | None, allow_pickle: bool = False, stock_architecture: bool = False
+) -> tuple[TaskSpec, Runner]:
     """The task spec and reference runner for a checkpoint, without tracing it."""
-    from modelkiln.exporter import sources
-
-    spec, _, runner = model_for(sources.load(checkpoint, allow_pickle=allow_pickle), task)
+    source = sources.load(
+        checkpoint, allow_pickle=allow_pickle, stock_architecture=stock_architecture
+    )
+    spec, _, runner = model_for(source, task)
     return spec, runner
 
 
-def check_task_fits(source: Any, task: str | None) -> None:
+def check_task_fits(source: sources.Source, task: str | None) -> None:
     """Fail fast on a task the checkpoint cannot serve, before loading any weights."""
-    from modelkiln.errors import UserInputError
-    from modelkiln.exporter import sources, specs
-
     if isinstance(source, sources.HFCheckpoint):
         specs.auto_class_for(source.config, task)
     elif task is not None:
@@ -222,17 +259,11 @@ def check_task_fits(source: Any, task: str | None) -> None:
         )
 
 
-def model_for(source: Any, task: str | None) -> tuple[Any, Any, Any]:
+def model_for(source: sources.Source, task: str | None) -> tuple[TaskSpec, Any, Runner]:
     """(spec, model, reference runner): the model is a torch module to trace, or the
     already-loaded `onnx_ir.Model` of an ONNX source."""
-    from modelkiln.exporter import sources, specs
-    from modelkiln.exporter.reference import onnx_runner, torch_runner
-
     check_task_fits(source, task)
     if isinstance(source, sources.OnnxSource):
-        import onnx_ir as ir
-        from onnx_ir.passes.common import RemoveInitializersFromInputsPass
-
         model = ir.load(source.path)
         ir.external_data.load_to_model(model)  # in memory: the artifact must not point back
         RemoveInitializersFromInputsPass()(model)  # weights listed as inputs (old exporters)
@@ -242,8 +273,6 @@ def model_for(source: Any, task: str | None) -> tuple[Any, Any, Any]:
         module = source.load_module()
         spec = specs.for_factory(source.example_inputs, source.options, source.n_outputs)
         return spec, module, torch_runner(module, spec.outputs)
-    from modelkiln.exporter.trace import OutputSelector
-
     loaded = source.load_module(specs.auto_class_for(source.config, task))
     spec = specs.for_hf(source.config, task, set(inspect.signature(loaded.forward).parameters))
     module = OutputSelector(loaded, tuple(d.name for d in spec.inputs), spec.outputs)

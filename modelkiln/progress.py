@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from rich.console import Console
 
 from modelkiln.errors import UserInputError
 
+T = TypeVar("T")
+
 
 class Progress:
     def __init__(self, quiet: bool = False, console: Console | None = None) -> None:
         self.quiet = quiet
-        self.console = console or Console(stderr=True, highlight=False)
+        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
         self.times: dict[str, float] = {}
 
     @contextlib.contextmanager
@@ -42,3 +45,28 @@ class Progress:
 @dataclass
 class Stage:
     label: str
+
+
+def iter_with_progress(
+    items: Sequence[T], progress: Progress | None, label: str = "calibrating"
+) -> Iterator[T]:
+    """`items`, with a transient `label  37/200` bar on a terminal (nothing when quiet or
+    logging to a file: the enclosing stage prints the closing line)."""
+    if progress is None or progress.quiet or not progress.console.is_terminal:
+        yield from items
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
+
+    with Bar(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=progress.console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=len(items))
+        for item in items:
+            yield item
+            bar.advance(task)

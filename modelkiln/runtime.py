@@ -1,46 +1,27 @@
-"""The runtime facade: load an artifact, check feeds, run. Never imports torch or transformers."""
+"""The runtime facade: open an artifact with the backend it was built for.
+
+Never imports torch or transformers, nor a backend other than the artifact's own.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
 from modelkiln.artifact import Artifact
-from modelkiln.feeds import check_feeds
-from modelkiln.tensors import TensorSpec
+from modelkiln.backends.base import Session
+from modelkiln.backends.registry import get_backend
+from modelkiln.errors import UnknownBackendError
 
-
-class Session:
-    """Base class for backend sessions: feed checking lives here, execution in `_run`."""
-
-    def __init__(self, artifact: Artifact) -> None:
-        self.artifact = artifact
-        self.inputs: dict[str, TensorSpec] = artifact.inputs
-        self.outputs: dict[str, TensorSpec] = artifact.outputs
-        # Sizes each named dimension may take (min, max), from the target's [shapes].
-        self.shape_ranges: dict[str, tuple[int, int]] = artifact.shape_ranges
-
-    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        return self._run(check_feeds(self.inputs, feeds, self.shape_ranges))
-
-    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.artifact.path} inputs={list(self.inputs)}>"
+__all__ = ["Session", "load"]
 
 
 def load(path: str | os.PathLike[str], **options: Any) -> Session:
     """Open an artifact with the backend it was built for.
 
-    Options go to the backend (ONNX Runtime: `threads`, `providers`).
+    Options go to the backend (ONNX Runtime: `threads`, `providers`; OpenVINO: `threads`,
+    `cache_dir`).
     """
-    from modelkiln.backends import get_backend
-    from modelkiln.errors import UnknownBackendError
-
     artifact = Artifact.open(path)
     try:
         backend = get_backend(artifact.backend)

@@ -1,5 +1,5 @@
 """Target profiles: built-in TOML presets and users' own TOML files."""
 
-from modelkiln.targets.target import PRECISIONS, ShapeRange, Target, load_target, preset_names
+from modelkiln.targets.target import ShapeRange, Target, load_target, preset_names
 
-__all__ = ["PRECISIONS", "ShapeRange", "Target", "load_target", "preset_names"]
+__all__ = ["ShapeRange", "Target", "load_target", "preset_names"]

@@ -38,6 +38,14 @@ def common_ranges(targets: Sequence[Target]) -> dict[str, Range]:
     return ranges
 
 
+def clamp(dims: Mapping[str, int], ranges: Mapping[str, Range]) -> dict[str, int]:
+    """`dims` with each size moved inside its (min, max) range, where it has one."""
+    return {
+        d: min(max(size, ranges[d][0]), ranges[d][1]) if d in ranges else size
+        for d, size in dims.items()
+    }
+
+
 def validation_dims(
     defaults: Sequence[Mapping[str, int]],
     dynamic: Sequence[str],
@@ -58,21 +66,22 @@ def validation_dims(
                 f"which the model's inputs do not have; its dynamic dimensions: "
                 f"{', '.join(dynamic) or 'none'}"
             )
-    dims = [dict(d) for d in defaults]
+    ranges: dict[str, Range] = {}
     for dim, (low, high) in common_ranges(targets).items():
         limit = limits.get(dim)
         if limit is not None and low > limit:
             raise UserInputError(
                 f"the targets need {dim} >= {low}, but the model takes at most {limit}"
             )
-        high = min(high, limit) if limit is not None else high
-        sizes = [d[dim] for d in dims if dim in d]
-        clamped = [min(max(s, low), high) for s in sizes]
+        ranges[dim] = (low, min(high, limit) if limit is not None else high)
+    dims = [clamp(d, ranges) for d in defaults]
+    for dim, (low, high) in ranges.items():
+        sizes = [d[dim] for d in defaults if dim in d]
+        clamped = [d[dim] for d in dims if dim in d]
         if len(set(clamped)) < len(set(sizes)) and low < high and len(clamped) == 2:
+            shapes = [d for d in dims if dim in d]
             if clamped[0] == high:  # both were above the range
-                clamped[0] = (low + high) // 2
+                shapes[0][dim] = (low + high) // 2
             else:  # both were below it
-                clamped[1] = (low + high + 1) // 2
-        for d, size in zip((d for d in dims if dim in d), clamped, strict=True):
-            d[dim] = size
+                shapes[1][dim] = (low + high + 1) // 2
     return tuple(dims)

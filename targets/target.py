@@ -14,19 +14,8 @@ from types import MappingProxyType
 from typing import Any
 
 from modelkiln.errors import UnknownTargetError, UserInputError
-
-PRECISIONS = (
-    "fp32",
-    "fp16",
-    "bf16",
-    "int8-dynamic",
-    "int8-static",
-    "int8-weights",
-    "int4-weights",
-    "auto",
-)
-
-BUDGET_KEYS = ("min_cosine", "min_top1_agreement")
+from modelkiln.precision.budget import BUDGET_KEYS, check_bound
+from modelkiln.precision.names import AUTO, CHOICES
 
 
 @dataclass(frozen=True)
@@ -34,6 +23,9 @@ class ShapeRange:
     min: int
     opt: int
     max: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"min": self.min, "opt": self.opt, "max": self.max}
 
 
 @dataclass(frozen=True)
@@ -51,6 +43,11 @@ class Target:
     # With precision "auto": the precisions to try (default: all the backend offers).
     candidates: tuple[str, ...] = ()
 
+    @property
+    def ranges(self) -> dict[str, tuple[int, int]]:
+        """(min, max) per named dimension: the sizes sessions of this target accept."""
+        return {dim: (r.min, r.max) for dim, r in self.shapes.items()}
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -58,11 +55,30 @@ class Target:
             "device": self.device,
             "precision": self.precision,
             "description": self.description,
-            "shapes": {k: vars(v) for k, v in self.shapes.items()},
+            "shapes": {k: v.to_json() for k, v in self.shapes.items()},
             "options": dict(self.options),
             "budget": dict(self.budget),
             "candidates": list(self.candidates),
         }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Target:
+        """The target as a manifest records it (keys added later default as in a file)."""
+        shapes = {
+            dim: ShapeRange(int(r["min"]), int(r["opt"]), int(r["max"]))
+            for dim, r in (data.get("shapes") or {}).items()
+        }
+        return cls(
+            name=str(data["name"]),
+            backend=str(data["backend"]),
+            device=str(data.get("device", "cpu")),
+            precision=str(data.get("precision", "fp32")),
+            description=str(data.get("description", "")),
+            shapes=MappingProxyType(shapes),
+            options=MappingProxyType(dict(data.get("options") or {})),
+            budget=MappingProxyType(dict(data.get("budget") or {})),
+            candidates=tuple(data.get("candidates") or ()),
+        )
 
 
 def preset_names() -> list[str]:
@@ -117,9 +133,9 @@ def _parse(text: str, origin: str, default_name: str) -> Target:
     if "backend" not in data:
         raise UserInputError(f"target {origin} has no 'backend' key")
     precision = data.get("precision", "fp32")
-    if precision not in PRECISIONS:
+    if precision not in CHOICES:
         raise UserInputError(
-            f"target {origin}: unknown precision '{precision}'; one of {', '.join(PRECISIONS)}"
+            f"target {origin}: unknown precision '{precision}'; one of {', '.join(CHOICES)}"
         )
     for table in ("shapes", "options", "budget"):
         if not isinstance(data.get(table, {}), dict):
@@ -140,16 +156,12 @@ def _parse(text: str, origin: str, default_name: str) -> Target:
             raise UserInputError(
                 f"target {origin}: unknown budget key '{key}'; known: {', '.join(BUDGET_KEYS)}"
             )
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
-            raise UserInputError(f"target {origin}: budget.{key} must be a number in (0, 1]")
-        budget[key] = float(value)
+        budget[key] = check_bound(value, f"target {origin}: budget.{key}")
     candidates = data.get("candidates", [])
-    if not isinstance(candidates, list) or any(
-        c not in PRECISIONS or c == "auto" for c in candidates
-    ):
+    if not isinstance(candidates, list) or any(c not in CHOICES or c == AUTO for c in candidates):
         raise UserInputError(
             f"target {origin}: candidates must be a list of precisions from "
-            f"{', '.join(p for p in PRECISIONS if p != 'auto')}"
+            f"{', '.join(p for p in CHOICES if p != AUTO)}"
         )
     return Target(
         name=str(data.get("name", default_name)),

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from modelkiln.errors import UserInputError
-from modelkiln.exporter.accuracy import Budget, check_budget_fits, measure, pooled, summary
+from modelkiln.exporter.accuracy import measure, pooled
+from modelkiln.manifest import Accuracy
+from modelkiln.precision.budget import Budget
 
 RNG = np.random.default_rng(0)
 
@@ -37,7 +39,7 @@ def test_embedding_cosine_names_the_worst_sentence() -> None:
     assert report["cosine"]["min"] == report["worst"][0]["cosine"] < 0.99
     assert report["cosine"]["mean"] > report["cosine"]["min"]
     assert report["max_abs_diff"] > 1.0
-    assert "Ok." in summary(report)
+    assert "Ok." in Accuracy.from_json(report).headline()
 
 
 def test_identical_outputs_have_cosine_one_and_no_diff() -> None:
@@ -87,11 +89,11 @@ def test_budget_messages_and_bounds() -> None:
     assert Budget(min_cosine=0.99).check(report) == ["min cosine 0.9760 < 0.99"]
     assert Budget(min_cosine=0.97).check(report) == []
     assert Budget().empty and not Budget(min_cosine=0.9).empty
-    with pytest.raises(UserInputError, match="--min-cosine must be in"):
+    with pytest.raises(UserInputError, match=r"min_cosine must be a number in \(0, 1\], got 1.5"):
         Budget(min_cosine=1.5)
 
 
 def test_top1_budget_is_refused_for_an_embedding_model() -> None:
     with pytest.raises(UserInputError, match="applies to classifiers"):
-        check_budget_fits(Budget(min_top1_agreement=0.99), "feature-extraction")
-    check_budget_fits(Budget(min_cosine=0.99), "feature-extraction")
+        Budget(min_top1_agreement=0.99).fits("feature-extraction")
+    Budget(min_cosine=0.99).fits("feature-extraction")

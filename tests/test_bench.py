@@ -19,8 +19,16 @@ from conftest import Exported, run_kiln
 
 import modelkiln
 from modelkiln import UserInputError
-from modelkiln.bench_plan import bench_decls, make_feeds, parse_shape, parse_sizes, plan_dims
-from modelkiln.bench_report import markdown_table, text_table
+from modelkiln.benchmark.plan import (
+    bench_decls,
+    make_feeds,
+    parse_shape,
+    parse_sizes,
+    plan_dims,
+)
+from modelkiln.benchmark.report import markdown_table, text_table
+from modelkiln.generated_feeds import ValueKind
+from modelkiln.tensors import TensorSpec, specs_from_json
 
 SHORT = ["--rounds", "2", "--warmup", "1", "--min-time", "0"]
 SHORT_API: dict[str, Any] = {"rounds": 2, "warmup": 1, "min_time": 0.0}
@@ -39,6 +47,16 @@ def _one_error_line(result: Any, after_progress: bool = False) -> str:
     return lines[0]
 
 
+def _specs(inputs: dict[str, Any]) -> dict[str, TensorSpec]:
+    return specs_from_json(inputs)
+
+
+def _decls(inputs: dict[str, Any]) -> Any:
+    """bench_decls of a manifest's `inputs` section (values where it records them)."""
+    values = {n: ValueKind.from_json(s["values"]) for n, s in inputs.items() if "values" in s}
+    return bench_decls(_specs(inputs), values)
+
+
 def _edited_copy(artifact: Exported, tmp_path: Path, edit: Any) -> Path:
     """A copy of the artifact whose kiln.json was changed by `edit(manifest)`."""
     folder = shutil.copytree(artifact.path, tmp_path / artifact.path.name)
@@ -53,7 +71,7 @@ def _edited_copy(artifact: Exported, tmp_path: Path, edit: Any) -> Path:
 
 def test_feeds_from_a_text_manifest(tiny_bert_artifact: Exported) -> None:
     inputs = tiny_bert_artifact.manifest["inputs"]
-    decls, notes = bench_decls(inputs)
+    decls, notes = _decls(inputs)
     assert notes == []
     feeds = make_feeds(decls, {"batch": 3, "sequence": 40}, seed=0)
     assert set(feeds) == set(inputs)
@@ -70,9 +88,9 @@ def test_feeds_from_a_text_manifest(tiny_bert_artifact: Exported) -> None:
 
 def test_feeds_from_an_image_manifest(vit_artifact: Exported) -> None:
     inputs = vit_artifact.manifest["inputs"]
-    dims = plan_dims("vit", inputs, [2], None, {})
+    dims = plan_dims("vit", _specs(inputs), [2], None, {})
     assert dims == [{"batch": 2}]  # no sequence dimension, so --seq does not apply
-    decls, _ = bench_decls(inputs)
+    decls, _ = _decls(inputs)
     pixels = make_feeds(decls, dims[0], seed=0)["pixel_values"]
     assert list(pixels.shape) == [2, *inputs["pixel_values"]["shape"][1:]]
     assert pixels.dtype == np.float32
@@ -83,7 +101,7 @@ def test_older_manifest_without_value_kinds_gets_masks_of_ones_and_a_note() -> N
         "input_ids": {"dtype": "int64", "shape": ["batch", "sequence"]},
         "attention_mask": {"dtype": "int64", "shape": ["batch", "sequence"]},
     }
-    decls, notes = bench_decls(inputs)
+    decls, notes = _decls(inputs)
     feeds = make_feeds(decls, {"batch": 4, "sequence": 9}, seed=1)
     assert (feeds["attention_mask"] == 1).all()
     assert len(notes) == 1 and "input_ids" in notes[0]
@@ -91,7 +109,7 @@ def test_older_manifest_without_value_kinds_gets_masks_of_ones_and_a_note() -> N
 
 def test_plan_covers_every_batch_and_sequence() -> None:
     inputs = {"input_ids": {"dtype": "int64", "shape": ["batch", "sequence"]}}
-    dims = plan_dims("m", inputs, [1, 32], [16, 128], {})
+    dims = plan_dims("m", _specs(inputs), [1, 32], [16, 128], {})
     assert dims == [
         {"batch": 1, "sequence": 16},
         {"batch": 1, "sequence": 128},
@@ -99,12 +117,13 @@ def test_plan_covers_every_batch_and_sequence() -> None:
         {"batch": 32, "sequence": 128},
     ]
     # the default sequence length is shortened to what the model takes
-    assert plan_dims("m", inputs, [1], None, {}, seq_limit=64) == [{"batch": 1, "sequence": 64}]
+    shortened = plan_dims("m", _specs(inputs), [1], None, {}, seq_limit=64)
+    assert shortened == [{"batch": 1, "sequence": 64}]
 
 
 def test_shape_binds_other_named_dimensions() -> None:
     inputs = {"pixel_values": {"dtype": "float32", "shape": ["batch", 3, "height", "width"]}}
-    dims = plan_dims("m", inputs, [1, 4], None, {"pixel_values": (1, 3, 96, 64)})
+    dims = plan_dims("m", _specs(inputs), [1, 4], None, {"pixel_values": (1, 3, 96, 64)})
     assert dims == [
         {"height": 96, "width": 64, "batch": 1},
         {"height": 96, "width": 64, "batch": 4},
@@ -162,7 +181,7 @@ def test_sizes_that_do_not_fit_the_manifest_are_refused(
     inputs: Any, batches: Any, seqs: Any, shapes: Any, limit: Any, needle: str
 ) -> None:
     with pytest.raises(UserInputError, match=None) as info:
-        plan_dims("model", inputs, batches, seqs, shapes, seq_limit=limit)
+        plan_dims("model", _specs(inputs), batches, seqs, shapes, seq_limit=limit)
     assert needle in str(info.value)
 
 
@@ -262,12 +281,13 @@ def test_vs_openvino_needs_a_baseline(tiny_bert_artifact: Exported) -> None:
     assert "--vs-openvino needs --baseline" in line
 
 
-def test_api_can_be_called_again_after_importing_the_module(mlp_artifact: Exported) -> None:
-    import modelkiln.bench as module
+def test_api_is_a_plain_function_also_after_importing_the_package(mlp_artifact: Exported) -> None:
+    import modelkiln.benchmark as package
 
     first = modelkiln.bench([mlp_artifact.path], batch=[3], **SHORT_API)
     second = modelkiln.bench(mlp_artifact.path, batch=[3], **SHORT_API)
-    third = module.bench(mlp_artifact.path, batch=[3], **SHORT_API)
+    third = package.bench(mlp_artifact.path, batch=[3], **SHORT_API)
+    assert callable(modelkiln.bench) and not isinstance(modelkiln.bench, type(package))
     for report in (first, second, third):
         assert [r["batch"] for r in report["results"]] == [3]
         assert report["comparisons"] == []
@@ -300,7 +320,7 @@ def test_cli_json_to_stdout(vit_artifact: Exported) -> None:
 
 BENCH_WITHOUT_TORCH = """
 import json, sys
-import modelkiln.bench
+import modelkiln
 report = modelkiln.bench(sys.argv[1], batch=[1], seq=[8], rounds=1, warmup=1, min_time=0)
 print(json.dumps({"torch": "torch" in sys.modules, "rows": len(report["results"])}))
 """

@@ -51,7 +51,7 @@ def test_a_hit_needs_no_torch(bert_copy: Path, tmp_path: Path) -> None:
     code = (
         "import sys; from modelkiln.pipeline import export; "
         f"r = export({str(bert_copy)!r}, {str(tmp_path / 'b')!r}, cache_dir={str(cache)!r}); "
-        "assert r.manifest['cache']['hit'], r.manifest['cache']; "
+        "assert r.manifest.cache['hit'], r.manifest.cache; "
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

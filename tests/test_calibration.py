@@ -19,20 +19,14 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from modelkiln.compare import Tolerance
 from modelkiln.errors import UserInputError
 from modelkiln.exporter import calibration, specs
-from modelkiln.exporter.calibration import (
-    CalibrationDataError,
-    Sample,
-    calibration_reader,
-    iter_with_progress,
-    load_samples,
-    load_split,
-    sample_key,
-    split,
-)
-from modelkiln.feedgen import InputDecl
-from modelkiln.progress import Progress
+from modelkiln.exporter.calibration import CalibrationDataError, load_samples, load_split
+from modelkiln.exporter.data_samples import DataSample as Sample
+from modelkiln.exporter.data_split import sample_key, split
+from modelkiln.generated_feeds import InputDecl
+from modelkiln.progress import Progress, iter_with_progress
 
 BERT_ARGS = {"input_ids", "attention_mask", "token_type_ids"}
 CLS, SEP = 2, 3
@@ -321,7 +315,7 @@ def test_npz_text_arrays_are_checked(tmp_path, text_spec, change, parts):
 
 def test_npz_ints_that_do_not_fit_are_refused(tmp_path):
     decl = InputDecl("ids", "int32", ("batch", 4), "ints", 0, 10)
-    spec = specs.TaskSpec("custom", (decl,), ("y",), specs.Tolerance(), {}, ())
+    spec = specs.TaskSpec("custom", (decl,), ("y",), Tolerance(), {}, ())
     path = tmp_path / "big.npz"
     np.savez(path, ids=np.full((2, 4), 2**40, dtype=np.int64))
     with pytest.raises(CalibrationDataError) as exc:
@@ -510,13 +504,8 @@ def test_load_split_records_the_files(tmp_path, bert_dir, text_spec):
 # --------------------------------------------------------------------------- feeding
 
 
-def test_calibration_reader_and_progress():
+def test_progress_over_samples():
     samples = text_samples(3)
-    fed = list(calibration_reader(samples))
-    assert [f["x"].shape for f in fed] == [(1, 2), (1, 3), (1, 4)]
-    assert all(f["x"] is s.feeds["x"] for f, s in zip(fed, samples, strict=True))
-    assert fed[0] is not samples[0].feeds  # callers may add to the dict
-
     out = io.StringIO()
     progress = Progress(console=Console(file=out, force_terminal=True, width=100))
     assert list(iter_with_progress(samples, progress, "calibrating")) == samples
@@ -531,7 +520,7 @@ def test_calibration_reader_and_progress():
 
     quiet_out = io.StringIO()
     quiet = Progress(quiet=True, console=Console(file=quiet_out, force_terminal=True))
-    assert len(list(calibration_reader(samples, quiet))) == 3
+    assert list(iter_with_progress(samples, quiet, "calibrating")) == samples
     assert quiet_out.getvalue() == ""
 
 

@@ -27,11 +27,11 @@ import pytest
 from conftest import assert_one_line_error, run_kiln
 
 import modelkiln
-from modelkiln import precision as precision_module
+import modelkiln.precision.search as search_module
 from modelkiln.backends.onnxruntime import PRECISIONS as ORT_PRECISIONS
-from modelkiln.exporter.accuracy import Budget
 from modelkiln.pipeline import export_targets
-from modelkiln.precision import QUANTIZED, PrecisionOptions
+from modelkiln.precision import Budget, PrecisionOptions
+from modelkiln.precision.names import is_quantized
 
 OV_PRECISIONS = ("fp32", "bf16", "int8-weights", "int8-static", "int4-weights")
 VOCAB_WORDS = [w for w in models.WORDS if w.isalpha()] + ["cats", "dogs", "kilns", "worlds"]
@@ -114,14 +114,14 @@ def no_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
 def shifted(extra: dict[str, float]) -> pytest.MonkeyPatch:
     """Add `extra[precision]` milliseconds to what the auto search measures for that
     precision (the session's manifest names it); `.undo()` the returned patch."""
-    real = precision_module.probe_ms
+    real = search_module.probe_ms
     mp = pytest.MonkeyPatch()
 
     def probe(run: Any, feeds: Any, runs: int = 10) -> float:
-        precision = run.__self__.artifact.manifest["precision"]
+        precision = run.__self__.artifact.manifest.precision
         return real(run, feeds, runs) + extra.get(precision, 0.0)
 
-    mp.setattr(precision_module, "probe_ms", probe)
+    mp.setattr(search_module, "probe_ms", probe)
     return mp
 
 
@@ -274,9 +274,9 @@ def test_api_int8_static_holds_back_part_of_the_calibration_file(
     out = tmp_path / "api-int8"
     options = PrecisionOptions(precision="int8-static", calibration=data.calib, calibration_size=8)
     result = modelkiln.export(tiny_bert_dir, out, precision=options)
-    manifest = result.manifest
+    manifest = result.manifest.to_json()
     assert result.path == out and manifest == models.read_manifest(out)
-    assert manifest["precision"] == "int8-static"
+    assert result.manifest.precision == manifest["precision"] == "int8-static"
     origin = manifest["accuracy"]["data"]
     assert origin["split"]["method"] == "held back from --calibration"
     assert origin["split"]["selection"] == "evenly spaced"
@@ -295,7 +295,7 @@ def test_api_fp16_with_eval_data_is_measured_without_a_floor(
     out = tmp_path / "api-fp16"
     options = PrecisionOptions(precision="fp16", evaluation=data.eval)
     (result,) = export_targets(tiny_bert_dir, [(out, "cpu")], precision=options)
-    manifest = result.manifest
+    manifest = result.manifest.to_json()
     assert manifest["precision"] == "fp16"
     accuracy = manifest["accuracy"]
     assert accuracy["samples"] == len(data.eval_lines)
@@ -312,7 +312,7 @@ def test_api_refuses_static_int8_without_calibration(
     options = PrecisionOptions(precision="int8-static", evaluation=data.eval)
     with pytest.raises(modelkiln.UserInputError, match="random"):
         modelkiln.export(tiny_bert_dir, out, precision=options)
-    with pytest.raises(modelkiln.UserInputError, match=r"\(0, 1\]"):
+    with pytest.raises(modelkiln.UserInputError, match=r"min_cosine .*\(0, 1\]"):
         PrecisionOptions(budget=Budget(min_cosine=1.5))
     assert not (tmp_path / "out").exists()
 
@@ -516,7 +516,7 @@ def test_auto_on_cpu_tries_every_precision_and_keeps_the_fastest_passing(
     chosen = check_search(manifest, ORT_PRECISIONS, 0.9)
     assert chosen["precision"] != "fp32"  # shifted out of the race
     assert manifest["target"]["precision"] == chosen["precision"]
-    if chosen["precision"] in QUANTIZED:
+    if is_quantized(chosen["precision"]):
         assert manifest["backend"]["quantization"]["precision"] == chosen["precision"]
     origin = manifest["accuracy"]["data"]
     assert origin["calibration_file"]["sha256"] == sha256(data.calib)

@@ -17,8 +17,10 @@ import onnx_ir as ir
 import pytest
 from conftest import Exported
 
+from modelkiln.backends.base import BuildRequest
 from modelkiln.backends.onnxruntime import OnnxRuntimeBackend
 from modelkiln.exporter.accuracy import cosine_rows, pooled
+from modelkiln.precision.candidates import quantizable_nodes
 from modelkiln.targets import Target
 
 INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
@@ -86,12 +88,12 @@ def test_onnxruntime_precision(
     target = Target(name="t", backend="onnxruntime", precision=precision)
     backend.check(target)
     section = backend.build(
-        fp32_model(tiny_bert_artifact), target, tmp_path, calibration=calibration_feeds()
+        BuildRequest(fp32_model(tiny_bert_artifact), target, tmp_path, calibration_feeds())
     )
-    assert section["files"] == {"model": "model.onnx"}
-    record = section["quantization"]
+    assert section.name == "onnxruntime" and section.files == {"model": "model.onnx"}
+    record = section.get("quantization")
     assert record["precision"] == precision and record["tool"]
-    path = tmp_path / section["files"]["model"]
+    path = tmp_path / section.files["model"]
     graph_ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert ops <= graph_ops, graph_ops
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no scratch left
@@ -105,8 +107,6 @@ def test_onnxruntime_precision(
 def test_onnxruntime_keep_leaves_named_nodes_in_float(
     tiny_bert_artifact: Exported, tmp_path: Path
 ) -> None:
-    from modelkiln.precision import quantizable_nodes
-
     model = fp32_model(tiny_bert_artifact)
     names = quantizable_nodes(model)
     assert len(names) >= 12  # 6 Linear layers per BERT layer, 2 layers
@@ -117,9 +117,9 @@ def test_onnxruntime_keep_leaves_named_nodes_in_float(
     mixed = tmp_path / "mixed"
     all_int8.mkdir()
     mixed.mkdir()
-    backend.build(model, target, all_int8, calibration=calib)
-    section = backend.build(model, target, mixed, calibration=calib, keep=names[:2])
-    assert section["quantization"]["kept_fp32"] == sorted(names[:2])
+    backend.build(BuildRequest(model, target, all_int8, calib))
+    section = backend.build(BuildRequest(model, target, mixed, calib, frozenset(names[:2])))
+    assert section.get("quantization")["kept_fp32"] == sorted(names[:2])
 
     def quantized_consumers(path: Path) -> set[str]:
         graph = onnx.load(str(path)).graph
@@ -140,7 +140,7 @@ def test_static_int8_without_calibration_is_a_build_error(
 
     target = Target(name="t", backend="onnxruntime", precision="int8-static")
     with pytest.raises(BuildError, match="needs calibration"):
-        OnnxRuntimeBackend().build(fp32_model(tiny_bert_artifact), target, tmp_path)
+        OnnxRuntimeBackend().build(BuildRequest(fp32_model(tiny_bert_artifact), target, tmp_path))
 
 
 # --------------------------------------------------------------------------- openvino
@@ -165,11 +165,11 @@ def test_openvino_precision(
     target = Target(name="t", backend="openvino", precision=precision)
     backend.check(target)
     section = backend.build(
-        fp32_model(tiny_bert_artifact), target, tmp_path, calibration=calibration_feeds()
+        BuildRequest(fp32_model(tiny_bert_artifact), target, tmp_path, calibration_feeds())
     )
-    record = section["quantization"]
+    record = section.get("quantization")
     assert record["precision"] == precision and record["tool"].startswith("nncf")
-    assert section["inference_precision_hint"] == "f32"
+    assert section.get("inference_precision_hint") == "f32"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin", "model.xml"]
     core = ov.Core()
     compiled = core.compile_model(str(tmp_path / "model.xml"), "CPU")
@@ -182,8 +182,7 @@ def test_openvino_precision(
 def test_openvino_keep_float_bypasses_only_the_named_nodes(tiny_bert_artifact: Exported) -> None:
     ov = pytest.importorskip("openvino")
     pytest.importorskip("nncf")
-    from modelkiln.backends.openvino_quantize import keep_float, quantize
-    from modelkiln.precision import quantizable_nodes
+    from modelkiln.backends.openvino.quantize import keep_float, quantize
 
     model = fp32_model(tiny_bert_artifact)
     names = quantizable_nodes(model)

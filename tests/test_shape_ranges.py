@@ -115,10 +115,10 @@ def test_one_trace_for_overlapping_ranges_and_bounded_openvino_ir(
     # Shapes every target accepts: batch 1, sequence 4..10; the defaults (16, 37) are above.
     expected = [{"batch": 1, "sequence": 7}, {"batch": 1, "sequence": 10}]
     for manifest in (cpu, ovr):
-        assert manifest["validation"]["passed"] is True
-        assert [c["dims"] for c in manifest["validation"]["checks"]] == expected
-    shapes = ovr["backend"]["input_shapes"]
-    assert shapes == {name: "[1,1..10]" for name in ovr["inputs"]}
+        assert manifest.validation is not None and manifest.validation.passed is True
+        assert [c["dims"] for c in manifest.validation.checks] == expected
+    shapes = ovr.backend.get("input_shapes")
+    assert shapes == {name: "[1,1..10]" for name in ovr.inputs}
     model = ov.Core().read_model(str(results[1].path / "model.xml"))
     for port in model.inputs:
         batch, sequence = port.get_partial_shape()
@@ -133,7 +133,7 @@ def test_one_trace_for_overlapping_ranges_and_bounded_openvino_ir(
 def test_default_openvino_build_records_dynamic_inputs(tmp_path: Path, mlp_onnx: Path) -> None:
     pytest.importorskip("openvino")
     result = modelkiln.export(mlp_onnx, tmp_path / "mlp", target="openvino-cpu")
-    assert result.manifest["backend"]["input_shapes"] == {"x": f"[?,{models.MLP_IN}]"}
+    assert result.manifest.backend.get("input_shapes") == {"x": f"[?,{models.MLP_IN}]"}
 
 
 MARKED_FACTORY = """\

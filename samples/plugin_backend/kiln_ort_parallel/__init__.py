@@ -1,17 +1,20 @@
 """A modelkiln backend plugin: ONNX Runtime with parallel execution of independent nodes.
 
-modelkiln finds this class through the `modelkiln.backends` entry point in pyproject.toml and
-calls, in order:
+modelkiln finds this class through the `modelkiln.backends` entry point in pyproject.toml,
+reads what it declares it builds (`precisions`, and `calibrated`: those that need calibration
+samples), and calls, in order:
 
 - `check(target)` before any work, to refuse a target it cannot build for (within seconds);
-- `build(model, target, out)` to write the deployable files into the artifact folder and
-  return the manifest's `backend` section;
+- `build(request)` to write the deployable files into the staging folder `request.out` and
+  return the manifest's backend section (a `BackendSection`);
 - `load(artifact, **options)` to open a built artifact, both to validate the export and
   later from `modelkiln.load()` and `kiln validate`.
 
-Only modelkiln's public modules are used: `modelkiln.errors`, `modelkiln.runtime`,
-`modelkiln.artifact`, `modelkiln.targets` and the target checks in `modelkiln.backends.base`
-(they word refusals the way the built-in backends do).
+Only modelkiln's public modules are used: the contract in `modelkiln.backends.base`
+(`BuildRequest`, `Session`), `modelkiln.manifest.BackendSection`, `modelkiln.errors`,
+`modelkiln.artifact`, `modelkiln.precision.Precision`, `modelkiln.targets` and the target
+checks in `modelkiln.backends.target_checks` (they word refusals the way the built-in
+backends do).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import numpy as np
 import onnx_ir as ir
 
 from modelkiln.artifact import Artifact
-from modelkiln.backends.base import (
+from modelkiln.backends.base import BuildRequest, Session
+from modelkiln.backends.target_checks import (
     check_device,
     check_options,
     check_precision,
@@ -36,7 +40,8 @@ from modelkiln.errors import (
     UserInputError,
     first_line,
 )
-from modelkiln.runtime import Session
+from modelkiln.manifest import BackendSection
+from modelkiln.precision import Precision
 from modelkiln.targets import Target
 
 MODEL_FILE = "model.onnx"
@@ -46,6 +51,8 @@ OPTIONS = {"inter_op_threads": 0, "intra_op_threads": 0}
 
 class OrtParallelBackend:
     name = "ort-parallel"  # the entry-point name; recorded in the manifest for `load`
+    precisions = (Precision.FP32,)  # what it builds
+    calibrated: frozenset[Precision] = frozenset()  # none of them needs calibration
 
     def check(self, target: Target) -> None:
         try:
@@ -58,20 +65,22 @@ class OrtParallelBackend:
         for key, default in OPTIONS.items():
             option_whole_number(target, key, default)
         check_device(target, self.name, ["cpu"])
-        check_precision(target, self.name, ["fp32"])
+        check_precision(target, self.name, self.precisions)
 
-    def build(self, model: ir.Model, target: Target, out: Path) -> dict[str, Any]:
+    def build(self, request: BuildRequest) -> BackendSection:
         import onnxruntime as ort
 
+        target: Target = request.target
+        out: Path = request.out
         # One self-contained file; models over 2 GiB would need ir.save(external_data=...).
-        ir.save(model, out / MODEL_FILE)
-        return {
-            "name": self.name,
-            "files": {"model": MODEL_FILE},  # role "model" is what `kiln inspect` reads
+        ir.save(request.model, out / MODEL_FILE)
+        details = {
             "execution_mode": "parallel",
             **{key: int(target.options.get(key, default)) for key, default in OPTIONS.items()},
             "onnxruntime_version": ort.__version__,
         }
+        # Files by role; "model" is what `kiln inspect` reads.
+        return BackendSection(self.name, {"model": MODEL_FILE}, details)
 
     def load(self, artifact: Artifact, **options: Any) -> OrtParallelSession:
         unknown = sorted(set(options) - {"threads", "inter_op_threads"})
@@ -99,7 +108,7 @@ class OrtParallelSession(Session):
             raise BackendUnavailable(
                 f"{artifact.path} needs onnxruntime: pip install onnxruntime"
             ) from None
-        section = artifact.manifest["backend"]
+        section = artifact.manifest.backend
         opts = ort.SessionOptions()
         opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
         opts.inter_op_num_threads = int(inter_op_threads or section.get("inter_op_threads", 0))

@@ -26,9 +26,6 @@ import numpy as np
 
 from modelkiln.errors import BuildError
 
-QUANTIZED = ("int8-dynamic", "int8-static", "int4-weights")
-HALF = ("fp16",)
-NEEDS_CALIBRATION = ("int8-static",)
 # Kept in fp32 by the fp16 conversion: their reductions overflow or lose too much in fp16.
 FP16_BLOCKED = (
     "Softmax",
@@ -77,7 +74,7 @@ def quantize(
     precision: str,
     out_file: Path,
     *,
-    calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
+    calibration: Sequence[Mapping[str, np.ndarray]] = (),
     keep: Sequence[str] = (),
     calibration_cache: Path | None = None,
 ) -> dict[str, Any]:

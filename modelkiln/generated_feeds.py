@@ -14,9 +14,30 @@ from typing import Any
 import numpy as np
 
 from modelkiln.errors import UserInputError
+from modelkiln.tensors import TensorSpec
 
 Axis = int | str
 FILLS = ("token_ids", "mask", "zeros", "normal", "ints", "bools")
+
+
+@dataclass(frozen=True)
+class ValueKind:
+    """What values an input takes (the manifest's `inputs.<name>.values`).
+
+    For `token_ids`, `high` is the vocabulary size (ids 0..high-1 are valid) and `low` only
+    where generated ids start; for `ints` (module factories) both are what the example
+    inputs held, not limits."""
+
+    kind: str  # one of FILLS
+    low: int = 0
+    high: int = 2
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "low": self.low, "high": self.high}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ValueKind:
+        return cls(str(data["kind"]), int(data.get("low", 0)), int(data.get("high", 2)))
 
 
 @dataclass(frozen=True)
@@ -28,28 +49,17 @@ class InputDecl:
     low: int = 0
     high: int = 2
 
-    def values_json(self) -> dict[str, Any]:
-        return {"kind": self.fill, "low": self.low, "high": self.high}
+    @property
+    def values(self) -> ValueKind:
+        return ValueKind(self.fill, self.low, self.high)
 
-
-def decls_from_manifest(inputs: Mapping[str, Mapping[str, Any]]) -> list[InputDecl]:
-    """Input declarations from a manifest's `inputs` (older manifests: guessed from dtype)."""
-    decls = []
-    for name, spec in inputs.items():
-        values = spec.get("values") or {}
-        dtype = str(spec["dtype"])
-        default = "normal" if np.issubdtype(np.dtype(dtype), np.floating) else "ints"
-        decls.append(
-            InputDecl(
-                name,
-                dtype,
-                tuple(spec["shape"]),
-                str(values.get("kind", default)),
-                int(values.get("low", 0)),
-                int(values.get("high", 2)),
-            )
-        )
-    return decls
+    @classmethod
+    def of(cls, name: str, spec: TensorSpec, values: ValueKind | None) -> InputDecl:
+        """A declaration from a manifest's input (older manifests: guessed from the dtype)."""
+        if values is None:
+            floating = np.issubdtype(np.dtype(spec.dtype), np.floating)
+            values = ValueKind("normal" if floating else "ints")
+        return cls(name, spec.dtype, spec.shape, values.kind, values.low, values.high)
 
 
 def generate_feeds(

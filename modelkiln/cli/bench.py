@@ -7,13 +7,15 @@ from pathlib import Path
 
 import click
 
-from modelkiln.cli_common import err, handle_errors, out
+import modelkiln.benchmark.plan as plan
+from modelkiln.artifact import blocking_file
+from modelkiln.benchmark.report import check_plot_available, plot, text_table
+from modelkiln.benchmark.run import bench as run_bench
+from modelkiln.cli.common import err, handle_errors, out
 from modelkiln.errors import UserInputError
 
 
 def _check_writable(path: Path, option: str) -> None:
-    from modelkiln.artifact import blocking_file
-
     blocker = blocking_file(path)
     if path.is_dir() or blocker is not None:
         reason = f"{blocker} is a file" if blocker else "it is a folder"
@@ -104,15 +106,11 @@ def bench(
     table shows each artifact's speedup. Configurations run in interleaved rounds, so noise
     hits them all; the round spread shows how much the figures moved.
     """
-    from modelkiln import bench_plan
-    from modelkiln.bench import bench as run_bench
-    from modelkiln.bench_report import check_plot_available, plot, text_table
-
-    batches = bench_plan.parse_sizes(batch, "--batch") if batch is not None else None
-    seqs = bench_plan.parse_sizes(seq, "--seq") if seq is not None else None
+    batches = plan.parse_sizes(batch, "--batch") if batch is not None else None
+    seqs = plan.parse_sizes(seq, "--seq") if seq is not None else None
     parsed: dict[str, tuple[int, ...]] = {}
     for text in shapes:
-        name, dims = bench_plan.parse_shape(text)
+        name, dims = plan.parse_shape(text)
         if name in parsed:
             raise UserInputError(f"--shape given twice for input '{name}'")
         parsed[name] = dims
@@ -124,7 +122,7 @@ def bench(
 
     def progress(message: str) -> None:
         if not quiet:
-            err.print(message, style="dim", soft_wrap=True, markup=False)
+            err.print(message, style="dim", markup=False)
 
     report = run_bench(
         artifacts,

@@ -9,18 +9,16 @@ from typing import Any
 import numpy as np
 
 from modelkiln.artifact import Artifact
-from modelkiln.backends.openvino import (
-    _DEFAULT,
+from modelkiln.backends.base import Session
+from modelkiln.backends.openvino.blob_cache import DEFAULT, resolve_cache_dir
+from modelkiln.backends.openvino.common import (
     compile_config,
     import_openvino,
     ov_message,
     port_names,
     reported_properties,
-    resolve_cache_dir,
 )
-from modelkiln.errors import BuildError, InferenceError, UserInputError
-from modelkiln.feeds import check_feeds
-from modelkiln.runtime import Session
+from modelkiln.errors import BackendUnavailable, BuildError, InferenceError, UserInputError
 
 
 class OpenVinoSession(Session):
@@ -44,11 +42,11 @@ class OpenVinoSession(Session):
         self,
         artifact: Artifact,
         threads: int | None = None,
-        cache_dir: Any = _DEFAULT,
+        cache_dir: Any = DEFAULT,
     ) -> None:
         super().__init__(artifact)
         ov = import_openvino()
-        section = artifact.manifest["backend"]
+        section = artifact.manifest.backend
         if threads is not None and (
             isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
         ):
@@ -56,8 +54,6 @@ class OpenVinoSession(Session):
         device = section.get("device", "CPU")
         core = ov.Core()
         if device not in core.available_devices:
-            from modelkiln.errors import BackendUnavailable
-
             raise BackendUnavailable(
                 f"{artifact.path} was built for OpenVINO device {device}, which this machine "
                 f"lacks (it has {', '.join(core.available_devices) or 'none'})"
@@ -127,7 +123,7 @@ class OpenVinoSession(Session):
         Each feed dict is checked like `run`'s (a bad one raises `FeedError` before any
         runs). With a THROUGHPUT target, requests run in parallel on the device's streams.
         """
-        checked = [check_feeds(self.inputs, feeds, self.shape_ranges) for feeds in many]
+        checked = [self.check(feeds) for feeds in many]
         if not checked:
             return []
         ov = import_openvino()

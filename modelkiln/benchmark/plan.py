@@ -11,15 +11,13 @@ so every configuration does the full work of its nominal size.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from modelkiln.errors import UserInputError
-from modelkiln.feedgen import InputDecl, decls_from_manifest, generate_feeds
+from modelkiln.generated_feeds import InputDecl, ValueKind, generate_feeds
+from modelkiln.tensors import TensorSpec
 
 BATCH = "batch"
 SEQUENCE = "sequence"
@@ -54,7 +52,9 @@ def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name.strip(), tuple(int(p) for p in parts)
 
 
-def bench_decls(inputs: Mapping[str, Mapping[str, Any]]) -> tuple[list[InputDecl], list[str]]:
+def bench_decls(
+    inputs: Mapping[str, TensorSpec], values: Mapping[str, ValueKind]
+) -> tuple[list[InputDecl], list[str]]:
     """Input declarations for benchmarking, and notes on inputs whose values were guessed.
 
     Attention masks become all ones (no padding), so a batch of 32 × 128 tokens really is
@@ -62,8 +62,9 @@ def bench_decls(inputs: Mapping[str, Mapping[str, Any]]) -> tuple[list[InputDecl
     masks of ones, other integers 0/1 (valid, if unrealistic, token ids).
     """
     decls, notes = [], []
-    for decl in decls_from_manifest(inputs):
-        guessed = not inputs[decl.name].get("values")
+    for name, spec in inputs.items():
+        decl = InputDecl.of(name, spec, values.get(name))
+        guessed = name not in values
         integer = np.issubdtype(np.dtype(decl.dtype), np.integer) or decl.dtype == "bool"
         if decl.fill == "mask" or (guessed and integer and "mask" in decl.name):
             decl = dataclasses.replace(decl, fill="ints", low=1, high=2)
@@ -76,23 +77,9 @@ def bench_decls(inputs: Mapping[str, Mapping[str, Any]]) -> tuple[list[InputDecl
     return decls, notes
 
 
-def sequence_limit(artifact_path: Path) -> int | None:
-    """Longest sequence the model takes, from the config.json copied into the artifact."""
-    try:
-        config = json.loads((artifact_path / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    positions = config.get("max_position_embeddings")
-    if not isinstance(positions, int) or positions <= 0:
-        return None
-    if "roberta" in str(config.get("model_type")):  # positions start after the padding index
-        positions -= int(config.get("pad_token_id") or 0) + 1
-    return max(positions, 2)
-
-
 def plan_dims(
     label: str,
-    inputs: Mapping[str, Mapping[str, Any]],
+    inputs: Mapping[str, TensorSpec],
     batches: Sequence[int] | None,
     seqs: Sequence[int] | None,
     shapes: Mapping[str, Sequence[int]],
@@ -104,7 +91,7 @@ def plan_dims(
     `shapes` sets whole input shapes; axes named batch and sequence take their sizes from
     `batches` and `seqs`, fixed axes must match the manifest, other named axes are bound.
     """
-    axes = {name: list(spec["shape"]) for name, spec in inputs.items()}
+    axes = {name: list(spec.shape) for name, spec in inputs.items()}
     named = {a for shape in axes.values() for a in shape if isinstance(a, str)}
     bound = _bind_shapes(label, axes, shapes)
     missing = sorted(named - bound.keys() - {BATCH, SEQUENCE})
@@ -149,10 +136,10 @@ def plan_dims(
     return plans
 
 
-def check_seq_used(labels_and_inputs: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+def check_seq_used(labels_and_inputs: Iterable[tuple[str, Mapping[str, TensorSpec]]]) -> None:
     """`--seq` given explicitly but no artifact has a sequence dimension: say so."""
     pairs = list(labels_and_inputs)
-    if not any(SEQUENCE in spec["shape"] for _, inputs in pairs for spec in inputs.values()):
+    if not any(SEQUENCE in spec.shape for _, inputs in pairs for spec in inputs.values()):
         names = ", ".join(label for label, _ in pairs)
         raise UserInputError(f"--seq given, but no input of {names} has a '{SEQUENCE}' dimension")
 
@@ -173,7 +160,7 @@ def dims_label(dims: Mapping[str, int]) -> str:
 
 
 def _bind_shapes(
-    label: str, axes: Mapping[str, list[Any]], shapes: Mapping[str, Sequence[int]]
+    label: str, axes: Mapping[str, list[int | str]], shapes: Mapping[str, Sequence[int]]
 ) -> Dims:
     bound: Dims = {}
     for name, sizes in shapes.items():
@@ -207,5 +194,5 @@ def _bind_shapes(
     return bound
 
 
-def _describe(axes: Mapping[str, list[Any]]) -> str:
+def _describe(axes: Mapping[str, list[int | str]]) -> str:
     return ", ".join(f"{n}[{', '.join(str(a) for a in shape)}]" for n, shape in axes.items())

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import os
+import platform
 import random
 import time
 from collections.abc import Callable
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from modelkiln.versions import tool_versions
 
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -224,3 +227,30 @@ def mb(n: int | None) -> float | None:
 def _r(x: Any) -> float:
     value = float(x)
     return round(value, 4 if abs(value) < 10 else 2)
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = tool_versions(("modelkiln", "numpy", "onnxruntime", "torch", "transformers"))
+    return {
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -1,4 +1,8 @@
-"""Pieces every `kiln` command shares: consoles, error handling, plain-text columns."""
+"""Pieces every `kiln` command shares: consoles, error handling, plain-text columns.
+
+Output is never wrapped by modelkiln: rich would wrap at 80 columns when stdout is not a
+terminal (or at $COLUMNS), which breaks lines that scripts grep. Terminals wrap themselves.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,8 @@ from rich.markup import escape
 
 from modelkiln.errors import ModelkilnError, ValidationError
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
 
 
 def human_size(n: int) -> str:

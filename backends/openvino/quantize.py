@@ -5,7 +5,7 @@
   accuracy on short sentences.
 - int8-weights / int4-weights: `nncf.compress_weights` (weights only, activations stay
   floating point; no calibration data needed).
-- bf16 is not a graph change: it is the inference precision hint (see openvino.py).
+- bf16 is not a graph change: it is the inference precision hint (see backend.py).
 
 `keep` names nodes (ONNX node names, which OpenVINO keeps as friendly names) to leave in
 floating point (mixed precision). nncf is imported inside functions only.
@@ -16,27 +16,24 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from modelkiln.backends.openvino.common import no_telemetry
+from modelkiln.backends.registry import install_hint
 from modelkiln.errors import BackendUnavailable, BuildError
-
-QUANTIZED = ("int8-static", "int8-weights", "int4-weights")
-NEEDS_CALIBRATION = ("int8-static",)
-INSTALL = "pip install 'modelkiln[openvino]'"
 
 
 def import_nncf() -> Any:
-    from modelkiln.backends.openvino import no_telemetry
-
     try:
         with no_telemetry():  # NNCF starts OpenVINO's usage telemetry when imported
             import nncf
     except ImportError:
         raise BackendUnavailable(
-            f"quantizing for openvino needs nncf, which is not installed: {INSTALL}"
+            f"quantizing for openvino needs nncf, which is not installed: "
+            f"{install_hint('openvino')}"
         ) from None
     return nncf
 
@@ -58,7 +55,7 @@ def quantize(
     ov_model: Any,
     precision: str,
     *,
-    calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
+    calibration: Sequence[Mapping[str, np.ndarray]] = (),
     keep: Sequence[str] = (),
     smooth_quant: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
@@ -118,7 +115,7 @@ def quantize(
     return model, record
 
 
-def keep_float(quantized: Any, keep: Sequence[str]) -> tuple[Any, list[str]]:
+def keep_float(quantized: Any, keep: Collection[str]) -> tuple[Any, list[str]]:
     """A copy of an NNCF-quantized model with the nodes named in `keep` back in floating
     point: the FakeQuantize ops feeding them are bypassed for them alone (other consumers
     of the same FakeQuantize stay quantized). No recalibration: the mixed-precision search

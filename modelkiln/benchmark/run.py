@@ -9,7 +9,7 @@ Fairness, in one process and one run:
 - Every subject runs with the same number of intra-op threads (`threads`, default: the
   cores this process may use): ONNX Runtime through `load(..., threads=)`, PyTorch through
   `torch.set_num_threads`.
-- Configurations are measured in interleaved rounds (see `modelkiln.bench_measure`), so
+- Configurations are measured in interleaved rounds (see `modelkiln.benchmark.measure`), so
   noise on the machine hits all of them, and the spread between rounds is reported.
 
 Order of work: check everything that can be wrong (paths, backends, sizes) before loading
@@ -19,7 +19,7 @@ ascending size (its peak memory; this run counts as the first warm-up); the rema
 warm-up runs; the measured rounds. Library imports are timed apart from loading (`import_s`)
 so `load_s` is the model's own load time.
 
-The returned dict is what `kiln bench --json` writes; `modelkiln.bench_report` renders it.
+The returned dict is what `kiln bench --json` writes; `modelkiln.benchmark.report` renders it.
 """
 
 from __future__ import annotations
@@ -27,28 +27,28 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import os
-import sys
-import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from modelkiln import bench_load as load_mod
-from modelkiln import bench_plan as plan
+import modelkiln.benchmark.plan as plan
+import modelkiln.benchmark.subjects as subjects_mod
 from modelkiln.artifact import Artifact
-from modelkiln.bench_load import BASELINE_ID, OPENVINO_DIRECT_ID
-from modelkiln.bench_measure import (
+from modelkiln.benchmark.measure import (
     Config,
     OtherLoad,
     PeakMeter,
+    machine_info,
     mb,
     measure,
     rss,
     summarize,
+    usable_cores,
     warm_up,
 )
+from modelkiln.benchmark.subjects import BASELINE_ID, OPENVINO_DIRECT_ID
 from modelkiln.errors import UserInputError
 
 SCHEMA = "modelkiln.bench/1"
@@ -112,35 +112,33 @@ def bench(
     if isinstance(artifacts, str | os.PathLike):
         artifacts = [artifacts]
     say = progress or (lambda _msg: None)
-    load_mod.check_numbers(threads, warmup, rounds, min_time)
+    subjects_mod.check_numbers(threads, warmup, rounds, min_time)
     if not artifacts:
         raise UserInputError("give at least one artifact to bench")
     opened = [Artifact.open(p) for p in artifacts]
     labels = [str(p) for p in artifacts]
     import_s = {
-        label: load_mod.prepare_backend(a, label) for a, label in zip(opened, labels, strict=True)
+        label: subjects_mod.prepare_backend(a, label)
+        for a, label in zip(opened, labels, strict=True)
     }
     if seq is not None:
-        plan.check_seq_used(
-            (lb, a.manifest["inputs"]) for lb, a in zip(labels, opened, strict=True)
-        )
+        plan.check_seq_used((lb, a.inputs) for lb, a in zip(labels, opened, strict=True))
     if baseline is not None:
-        load_mod.check_checkpoint(baseline)
+        subjects_mod.check_checkpoint(baseline)
     elif vs_openvino:
         raise UserInputError("--vs-openvino needs --baseline: the checkpoint OpenVINO converts")
-    threads = threads or load_mod.usable_cores()
+    threads = threads or usable_cores()
     notes: list[str] = []
     subjects = []
     for art, label in zip(opened, labels, strict=True):
-        inputs = art.manifest["inputs"]
         dims = plan.plan_dims(
-            label, inputs, batch, seq, shapes or {}, plan.sequence_limit(art.path)
+            label, art.inputs, batch, seq, shapes or {}, art.manifest.limits.get(plan.SEQUENCE)
         )
-        decls, guessed = plan.bench_decls(inputs)
+        decls, guessed = plan.bench_decls(art.inputs, art.manifest.input_values)
         notes += [f"{label}: {n}" for n in guessed]
         feeds = [plan.make_feeds(decls, d, seed) for d in dims]
         subjects.append(
-            _Subject(label, load_mod.artifact_info(art, label, import_s[label]), dims, feeds)
+            _Subject(label, subjects_mod.artifact_info(art, label, import_s[label]), dims, feeds)
         )
 
     meter = PeakMeter()
@@ -148,7 +146,7 @@ def bench(
         first = subjects[0]
         base = _Subject(BASELINE_ID, {}, first.dims, first.feeds)
         say(f"loading baseline {baseline} (PyTorch)")
-        base.info, base.run, model = load_mod.load_baseline(
+        base.info, base.run, model = subjects_mod.load_baseline(
             baseline, opened[0], first.id, threads, allow_pickle, meter
         )
         _probe(base, meter, say)
@@ -157,10 +155,10 @@ def bench(
         if vs_openvino:
             direct = _Subject(OPENVINO_DIRECT_ID, {}, first.dims, first.feeds)
             say(f"converting {baseline} with OpenVINO (ov.convert_model)")
-            direct.info, direct.run = load_mod.load_openvino_direct(
+            direct.info, direct.run = subjects_mod.load_openvino_direct(
                 baseline,
                 model,
-                opened[0].manifest["outputs"],
+                list(opened[0].outputs),
                 first.feeds[0],
                 threads,
                 meter,
@@ -172,7 +170,7 @@ def bench(
         artifacts_only = list(subjects)
     for subject, art in zip(artifacts_only, opened, strict=True):
         say(f"loading {subject.id}")
-        subject.run, stats = load_mod.load_artifact(art, subject.id, threads, meter)
+        subject.run, stats = subjects_mod.load_artifact(art, subject.id, threads, meter)
         subject.info |= stats
         _probe(subject, meter, say)
 
@@ -186,7 +184,7 @@ def bench(
     others = other_load.stop()
     if others is not None and others >= BUSY_CORES:
         notes.append(
-            f"other processes kept {others:.2f} of {load_mod.usable_cores()} cores busy on average "
+            f"other processes kept {others:.2f} of {usable_cores()} cores busy on average "
             "while this measured; the figures are slower and noisier than on a quiet machine"
         )
 
@@ -202,7 +200,7 @@ def bench(
     return {
         "schema": SCHEMA,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "machine": load_mod.machine_info(),
+        "machine": machine_info(),
         "settings": {
             "threads": threads,
             "warmup": max(warmup, 1),
@@ -300,14 +298,3 @@ def _max_abs_diff(
         if k in b and a[k].shape == b[k].shape and a[k].size
     ]
     return float(f"{max(diffs):.3g}") if diffs else None
-
-
-class _CallableModule(types.ModuleType):
-    """`modelkiln.bench` names both this module and the function: importing the module makes
-    it the package attribute, replacing the lazy function, so calls are forwarded here."""
-
-    def __call__(self, artifacts: Any, **options: Any) -> dict[str, Any]:
-        return bench(artifacts, **options)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -1,7 +1,8 @@
 """Checks feeds against the manifest before a backend sees them.
 
-Backends give cryptic errors (or silently wrong results) for a wrong dtype or shape; this
-turns each mistake into one sentence naming the input, what was given and what is expected.
+Backends give cryptic errors (or silently wrong results) for a wrong dtype, shape or value;
+this turns each mistake into one sentence naming the input, what was given and what is
+expected.
 """
 
 from __future__ import annotations
@@ -19,10 +20,16 @@ def check_feeds(
     specs: Mapping[str, TensorSpec],
     feeds: Mapping[str, Any],
     ranges: Mapping[str, tuple[int, int]] | None = None,
+    *,
+    limits: Mapping[str, int] | None = None,
+    id_bounds: Mapping[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """`ranges`: the sizes (min, max) each named dimension may take, from the artifact's
-    target; a backend built for them may fail or be wrong outside."""
+    target (a backend built for them may fail or be wrong outside); `limits`: the largest
+    size the model itself takes per dimension (its position embeddings); `id_bounds`: per
+    token-id input, the vocabulary size (ids must lie in 0..size-1)."""
     ranges = ranges or {}
+    limits = limits or {}
     expected = ", ".join(f"{n}: {s}" for n, s in specs.items())
     missing = [name for name in specs if name not in feeds]
     if missing:
@@ -63,11 +70,33 @@ def check_feeds(
                 )
             else:
                 bound.setdefault(dim, (size, name))
+                where = f"input '{name}' has {dim} {size} (axis {axis}, shape {list(value.shape)})"
                 low, high = ranges.get(dim, (size, size))
                 if not low <= size <= high:
+                    raise FeedError(f"{where}; this artifact takes {dim} from {low} to {high}")
+                if dim in limits and size > limits[dim]:
                     raise FeedError(
-                        f"input '{name}' has {dim} {size} (axis {axis}, shape "
-                        f"{list(value.shape)}); this artifact takes {dim} from {low} to {high}"
+                        f"{where}; the model takes at most {limits[dim]} (its position "
+                        "embeddings): shorten or split the input"
+                        if dim == "sequence"
+                        else f"{where}; the model takes at most {limits[dim]}"
                     )
+        if id_bounds and name in id_bounds:
+            _check_ids(name, value, id_bounds[name])
         arrays[name] = value
     return arrays
+
+
+def _check_ids(name: str, value: np.ndarray, vocabulary: int) -> None:
+    """Token ids outside the vocabulary index past the embedding table: ONNX Runtime fails
+    with an opaque Gather error, other backends may read garbage."""
+    if not value.size:
+        return
+    outside = (value < 0) | (value >= vocabulary)
+    if outside.any():
+        position = tuple(int(i) for i in np.argwhere(outside)[0])
+        raise FeedError(
+            f"input '{name}' holds token id {int(value[position])} at {list(position)}; the "
+            f"vocabulary has {vocabulary} ids (0 to {vocabulary - 1}): use the artifact's own "
+            "tokenizer"
+        )

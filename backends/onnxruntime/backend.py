@@ -1,0 +1,135 @@
+"""ONNX Runtime backend: the fallback that runs everywhere.
+
+The artifact holds the portable ONNX model from our passes; ORT's own fusions happen when a
+session is created (at the target's graph optimization level), so they never leak into the
+model shared with other backends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelkiln.backends.base import BuildRequest
+from modelkiln.backends.onnxruntime.quantize import quantize
+from modelkiln.backends.onnxruntime.session import OnnxRuntimeSession
+from modelkiln.backends.registry import install_hint
+from modelkiln.backends.target_checks import (
+    check_device,
+    check_options,
+    check_precision,
+    option_choice,
+    option_whole_number,
+)
+from modelkiln.errors import BackendUnavailable
+from modelkiln.manifest import BackendSection
+from modelkiln.precision.names import Precision
+
+if TYPE_CHECKING:
+    from modelkiln.artifact import Artifact
+    from modelkiln.targets import Target
+
+MODEL_FILE = "model.onnx"
+WEIGHTS_FILE = "model.onnx.data"
+DEFAULT_EXTERNAL_DATA_THRESHOLD = 1 << 30  # protobuf cannot hold more than 2 GiB
+LEVELS = ("disable", "basic", "extended", "all")
+OPTIONS = {"graph_optimization_level", "external_data_threshold_bytes"}
+DEVICES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# Every precision this backend builds, in the order `--precision auto` tries them.
+PRECISIONS = (
+    Precision.FP32,
+    Precision.FP16,
+    Precision.INT8_DYNAMIC,
+    Precision.INT8_STATIC,
+    Precision.INT4_WEIGHTS,
+)
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    precisions = PRECISIONS
+    calibrated = frozenset({Precision.INT8_STATIC})
+
+    def __init__(self) -> None:
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+
+    def check(self, target: Target) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendUnavailable(
+                f"onnxruntime is not installed: {install_hint(self.name)}"
+            ) from None
+        check_options(target, self.name, OPTIONS)
+        option_choice(target, "graph_optimization_level", LEVELS, "all")
+        option_whole_number(target, "external_data_threshold_bytes", 0)
+        check_precision(target, self.name, PRECISIONS)
+        check_device(target, self.name, DEVICES)
+        provider = DEVICES[target.device]
+        if provider not in ort.get_available_providers():
+            raise BackendUnavailable(
+                f"target '{target.name}' needs {provider}, which this onnxruntime lacks "
+                f"(it has {', '.join(ort.get_available_providers())}); "
+                f"{install_hint(self.name, target.device)}"
+            )
+
+    def build(self, request: BuildRequest) -> BackendSection:
+        import onnx_ir as ir  # for building only: loading an artifact does not need it
+
+        target, model, out = request.target, request.model, request.out
+        if request.precision is not Precision.FP32:
+            record = quantize(
+                ir.serde.serialize_model(model),
+                request.precision,
+                out / MODEL_FILE,
+                calibration=request.calibration,
+                keep=sorted(request.keep_float),
+                calibration_cache=self._calibration_cache(request),
+            )
+            return self._section(target, {"model": MODEL_FILE}, quantization=record)
+        threshold = int(
+            target.options.get("external_data_threshold_bytes", DEFAULT_EXTERNAL_DATA_THRESHOLD)
+        )
+        weight_bytes = sum(
+            v.const_value.nbytes
+            for v in model.graph.initializers.values()
+            if v.const_value is not None
+        )
+        files = {"model": MODEL_FILE}
+        if weight_bytes > threshold:
+            ir.save(model, out / MODEL_FILE, external_data=WEIGHTS_FILE, size_threshold_bytes=1024)
+            files["weights"] = WEIGHTS_FILE
+        else:
+            ir.save(model, out / MODEL_FILE)
+        return self._section(target, files)
+
+    def _section(self, target: Target, files: dict[str, str], **extra: Any) -> BackendSection:
+        """The manifest's backend section, whatever the precision."""
+        import onnxruntime as ort
+
+        details = {
+            "device": target.device,
+            "provider": DEVICES[target.device],
+            "graph_optimization_level": target.options.get("graph_optimization_level", "all"),
+            "onnxruntime_version": ort.__version__,
+            **extra,
+        }
+        return BackendSection(self.name, files, details)
+
+    def _calibration_cache(self, request: BuildRequest) -> Path | None:
+        """A per-process JSON file of activation ranges for this model and calibration set:
+        the mixed-precision search rebuilds one model many times with the same samples."""
+        calibration = request.calibration
+        if not calibration:
+            return None
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="kiln-ort-calibration-")
+        shapes = [tuple(sorted((k, v.shape) for k, v in f.items())) for f in calibration]
+        material = repr((id(request.model), id(calibration), shapes))
+        key = hashlib.sha256(material.encode()).hexdigest()
+        return Path(self._scratch.name) / f"{key[:20]}.json"
+
+    def load(self, artifact: Artifact, **options: Any) -> OnnxRuntimeSession:
+        return OnnxRuntimeSession(artifact, **options)
