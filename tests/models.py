@@ -24,6 +24,7 @@ import numpy as np
 
 VOCAB_SIZE = 100
 HIDDEN = 32
+MAX_POSITIONS = 128
 NUM_LABELS = 3
 VIT_LABELS = 4
 IMAGE_SIZE = 32
@@ -92,7 +93,7 @@ def bert_config(**overrides: Any) -> Any:
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
-        max_position_embeddings=128,  # `kiln validate --reference` checks sequence 61
+        max_position_embeddings=MAX_POSITIONS,  # `kiln validate --reference` checks 61
         type_vocab_size=2,
         pad_token_id=0,
     )

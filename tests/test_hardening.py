@@ -498,3 +498,60 @@ def test_force_on_a_folder_that_is_not_an_artifact_is_one_line(
     assert sorted(p.name for p in out.iterdir()) == ["chapter1.tex", "notes"]
     assert (out / "chapter1.tex").read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis"]
+
+
+# ------------------------------------------------------------ pickles in disguise, custom code
+
+
+def test_pickle_named_safetensors_is_named_a_pickle(tmp_path: Path, pickle_bert_dir: Path) -> None:
+    """torch.save output renamed model.safetensors read as an absurd header size before."""
+    ckpt = shutil.copytree(pickle_bert_dir, tmp_path / "ckpt")
+    (ckpt / "pytorch_model.bin").rename(ckpt / "model.safetensors")
+    line = export_refused(tmp_path, ckpt, mention=("model.safetensors", "is a pickle file"))
+    assert "header claims" not in line
+
+
+def test_bare_pickle_stream_named_safetensors_is_named_a_pickle(tmp_path: Path) -> None:
+    import pickle
+
+    from modelkiln.errors import CheckpointError
+    from modelkiln.exporter.safetensors_check import check_safetensors
+
+    for protocol in (2, 4, 5):
+        path = tmp_path / f"p{protocol}.safetensors"
+        path.write_bytes(pickle.dumps({"weight": list(range(50))}, protocol=protocol))
+        with pytest.raises(CheckpointError, match="is a pickle file"):
+            check_safetensors(path)
+
+
+def _with_custom_code(tmp_path: Path, tiny_bert_dir: Path) -> Path:
+    ckpt = shutil.copytree(tiny_bert_dir, tmp_path / "custom")
+    config = json.loads((ckpt / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_custom.CustomBert"}
+    (ckpt / "config.json").write_text(json.dumps(config))
+    (ckpt / "modeling_custom.py").write_text("raise SystemExit('this code must never run')\n")
+    return ckpt
+
+
+def test_checkpoint_with_custom_code_is_refused(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    ckpt = _with_custom_code(tmp_path, tiny_bert_dir)
+    export_refused(
+        tmp_path,
+        ckpt,
+        mention=("custom code", "AutoModel -> modeling_custom.CustomBert", "--stock-architecture"),
+    )
+
+
+def test_stock_architecture_exports_the_stock_class_and_says_so(
+    tmp_path: Path, tiny_bert_dir: Path
+) -> None:
+    ckpt = _with_custom_code(tmp_path, tiny_bert_dir)
+    out = tmp_path / "stock"
+    result = run_kiln("export", ckpt, "-o", out, "--stock-architecture", "-q")
+    assert result.exit_code == 0, result.stderr
+    source = models.read_manifest(out)["source"]
+    assert source["stock_architecture"] is True
+    # the fresh reference run follows the artifact: the stock class again, no refusal
+    check = run_kiln("validate", out, "--reference", ckpt, "--json")
+    assert check.exit_code == 0, check.stderr
+    assert json.loads(check.stdout)["checks"]["reference"]["passed"] is True

@@ -112,3 +112,48 @@ def test_inspect_of_what_is_not_a_model_exits_2(tmp_path: Path) -> None:
     result = run_kiln("inspect", broken)
     assert result.exit_code == 2, (result.stderr, result.exception)
     assert "broken.onnx" in result.stderr
+
+
+def test_inspect_shows_validation_as_lines_not_a_dict(tiny_bert_artifact: Exported) -> None:
+    result = run_kiln("inspect", tiny_bert_artifact.path)
+    assert result.exit_code == 0, result.stderr
+    report = tiny_bert_artifact.manifest["validation"]
+    lines = result.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("validation: "))
+    assert lines[start] == f"validation: passed, max abs diff {report['max_abs_diff']:.2e}"
+    assert lines[start + 1] == "  tolerance atol 0.0001, min cosine 0.9999"
+    assert lines[start + 2] == "  against pytorch"
+    assert "{" not in result.stdout and "'passed'" not in result.stdout
+
+
+PIPED = """
+import subprocess, sys
+for args in (["inspect", sys.argv[1]], ["targets"], ["cache", "info"]):
+    done = subprocess.run(
+        [sys.executable, "-m", "modelkiln.cli", *args], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    print(max(len(line) for line in done.stdout.splitlines()))
+"""
+
+
+def test_piped_output_is_not_wrapped_at_narrow_widths(
+    tiny_bert_artifact: Exported, tmp_path: Path
+) -> None:
+    """rich wraps at 80 columns (or $COLUMNS) when stdout is not a terminal; lines that
+    scripts grep must stay whole."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "40"}
+    done = subprocess.run(
+        [sys.executable, "-c", PIPED, str(tiny_bert_artifact.path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    widths = [int(w) for w in done.stdout.split()]
+    assert all(w > 40 for w in widths), widths  # a wrapped line would be cut at 40

@@ -10,7 +10,7 @@ from pathlib import Path
 import models
 import numpy as np
 import pytest
-from conftest import Exported, copy_artifact
+from conftest import Exported, copy_artifact, run_kiln
 
 import modelkiln
 from modelkiln import FeedError, TensorSpec, UserInputError
@@ -183,3 +183,72 @@ def test_good_feeds_of_any_batch_run(mlp_artifact: Exported) -> None:
 def test_unavailable_provider_is_backend_unavailable(mlp_artifact: Exported) -> None:
     with pytest.raises(modelkiln.BackendUnavailable, match="CUDAExecutionProvider"):
         modelkiln.load(mlp_artifact.path, providers=["CUDAExecutionProvider"])
+
+
+# ----------------------------------------------------------------- values the manifest knows
+
+
+def test_token_id_outside_the_vocabulary_is_a_feed_error(tiny_bert_artifact: Exported) -> None:
+    """ONNX Runtime would answer with "indices element out of data bounds ... Gather"."""
+    session = modelkiln.load(tiny_bert_artifact.path)
+    for bad in (models.VOCAB_SIZE, 999999, -1):
+        feeds = good_feeds()
+        feeds["input_ids"][1, 3] = bad
+        with pytest.raises(FeedError) as info:
+            session.run(feeds)
+        message = str(info.value)
+        assert "'input_ids'" in message and f"token id {bad} at [1, 3]" in message
+        assert f"vocabulary has {models.VOCAB_SIZE} ids" in message
+    feeds = good_feeds()
+    feeds["input_ids"][0, 0] = models.VOCAB_SIZE - 1  # the last id is fine
+    session.run(feeds)
+
+
+def test_sequence_beyond_the_positions_is_a_feed_error(tiny_bert_artifact: Exported) -> None:
+    """ONNX Runtime would answer with "Attempting to broadcast an axis by a dimension other
+    than 1. 128 by 129"."""
+    session = modelkiln.load(tiny_bert_artifact.path)
+    assert tiny_bert_artifact.manifest["limits"] == {"sequence": models.MAX_POSITIONS}
+    session.run(good_feeds(1, models.MAX_POSITIONS))
+    with pytest.raises(FeedError) as info:
+        session.run(good_feeds(1, models.MAX_POSITIONS + 1))
+    message = str(info.value)
+    assert f"sequence {models.MAX_POSITIONS + 1}" in message and "'input_ids'" in message
+    assert f"at most {models.MAX_POSITIONS}" in message
+
+
+def test_artifact_from_before_limits_were_recorded_still_loads_and_checks(
+    tiny_bert_artifact: Exported, tmp_path: Path
+) -> None:
+    """Manifests of schema 1 written before `limits` existed: the limit comes from the
+    config.json the artifact ships, and the manifest reads as it did."""
+    copy = copy_artifact(tiny_bert_artifact.path, tmp_path / "old")
+    manifest = json.loads((copy / "kiln.json").read_text())
+    del manifest["limits"]
+    (copy / "kiln.json").write_text(json.dumps(manifest))
+    session = modelkiln.load(copy)
+    with pytest.raises(FeedError, match=f"at most {models.MAX_POSITIONS}"):
+        session.run(good_feeds(1, models.MAX_POSITIONS + 1))
+    assert session.artifact.manifest.to_json() == manifest | {
+        "limits": {"sequence": models.MAX_POSITIONS}
+    }
+    assert run_kiln("validate", copy).exit_code == 0
+
+
+def test_manifest_round_trips_unknown_keys(tiny_bert_artifact: Exported) -> None:
+    from modelkiln.manifest import Manifest
+
+    data = json.loads((tiny_bert_artifact.path / "kiln.json").read_text())
+    data["from_a_newer_modelkiln"] = {"x": 1}
+    data["backend"]["new_detail"] = True
+    data["validation"]["new_field"] = [1]
+    assert Manifest.from_json(data).to_json() == data
+
+
+def test_malformed_manifest_is_one_line(tiny_bert_artifact: Exported, tmp_path: Path) -> None:
+    copy = copy_artifact(tiny_bert_artifact.path, tmp_path / "bad")
+    manifest = json.loads((copy / "kiln.json").read_text())
+    del manifest["backend"]["files"]
+    (copy / "kiln.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserInputError, match="malformed"):
+        modelkiln.load(copy)
