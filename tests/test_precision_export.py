@@ -563,6 +563,9 @@ def test_auto_choosing_fp32_still_records_the_search(
 # gives cosine 1.0 even with every MatMul kept float, makes --min-cosine 1.0 unmeetable.
 
 ONLY_INT8 = 'name = "int8-only"\nbackend = "onnxruntime"\ncandidates = ["int8-dynamic"]\n'
+# int4 weight compression has no per-layer activation quantizers to keep float: a budget of
+# min cosine 1.0 is out of its reach.
+ONLY_INT4 = 'name = "int4-only"\nbackend = "onnxruntime"\ncandidates = ["int4-weights"]\n'
 
 
 @pytest.fixture(scope="module")
@@ -572,29 +575,40 @@ def only_int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def only_int4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("targets") / "int4-only.toml"
+    path.write_text(ONLY_INT4)
+    return path
+
+
 def closest_label(rows: list[dict[str, Any]]) -> str:
     measured = [r for r in rows if r["accuracy"]]
     return max(measured, key=lambda r: r["accuracy"]["cosine"]["min"])["label"]
 
 
-@pytest.fixture(scope="module")
-def unmeetable(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, data, only_int8):
-    out = tmp_path_factory.mktemp("unmeetable") / "out" / "bert"
-    result = export_cli(
+def auto_export(tiny_bert_dir: Path, out: Path, target: Path, data: Data, *extra: str):
+    return export_cli(
         tiny_bert_dir,
         "-o",
         out,
         "--target",
-        only_int8,
+        target,
         "--precision",
         "auto",
         "--min-cosine",
         "1.0",
         "--eval",
         data.eval,
+        *extra,
         "--json",
     )
-    return out, result
+
+
+@pytest.fixture(scope="module")
+def unmeetable(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, data, only_int4):
+    out = tmp_path_factory.mktemp("unmeetable") / "out" / "bert"
+    return out, auto_export(tiny_bert_dir, out, only_int4, data)
 
 
 def test_unmeetable_budget_fails_naming_the_closest(unmeetable) -> None:
@@ -603,11 +617,8 @@ def test_unmeetable_budget_fails_naming_the_closest(unmeetable) -> None:
     report = json.loads(result.stdout)
     assert report["passed"] is False
     rows = report["validation"]["candidates"]
-    assert rows[0]["label"] == "int8-dynamic"
+    assert [r["label"] for r in rows] == ["int4-weights"]  # not mixable: no mixed candidate
     assert all(not r["passed"] for r in rows)
-    assert len(rows) > 1, "no mixed-precision candidate was tried"
-    assert all(r["precision"] == "int8-dynamic" for r in rows)
-    assert all(r["kept_float"] for r in rows[1:])
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1
     assert "meets the budget" in error[0] and "min cosine 1.0" in error[0]
@@ -629,24 +640,33 @@ def test_budget_misses_show_why_they_miss(unmeetable) -> None:
             assert measured < budget, miss
 
 
+def test_mixed_precision_keeps_the_sensitive_layers_float(
+    tmp_path: Path, tiny_bert_dir: Path, data: Data, only_int8: Path
+) -> None:
+    """int8-dynamic alone misses min cosine 1.0; keeping its most sensitive layers (the
+    embedding tables count: int8-dynamic quantizes them too) float until it passes."""
+    out = tmp_path / "out" / "bert"
+    result = auto_export(tiny_bert_dir, out, only_int8, data)
+    assert result.exit_code == 0, result.stderr
+    manifest = models.read_manifest(out)
+    search = manifest["accuracy"]["search"]
+    rows = search["candidates"]
+    assert rows[0]["label"] == "int8-dynamic" and not rows[0]["passed"]
+    assert len(rows) > 1, "no mixed-precision candidate was tried"
+    assert all(r["precision"] == "int8-dynamic" and r["kept_float"] for r in rows[1:])
+    sizes = [len(r["kept_float"]) for r in rows[1:]]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)  # more each step
+    chosen = next(r for r in rows if r["label"] == search["chosen"])
+    assert chosen is rows[-1] and chosen["passed"] and chosen["kept_float"]
+    assert manifest["backend"]["quantization"]["kept_fp32"] == sorted(chosen["kept_float"])
+    assert manifest["accuracy"]["misses"] == [] and "kept_best" not in manifest["accuracy"]
+    assert run_kiln("validate", out).exit_code == 0
+
+
 @pytest.fixture(scope="module")
-def keep_best(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, data, only_int8):
+def keep_best(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, data, only_int4):
     out = tmp_path_factory.mktemp("keep-best") / "bert"
-    result = export_cli(
-        tiny_bert_dir,
-        "-o",
-        out,
-        "--target",
-        only_int8,
-        "--precision",
-        "auto",
-        "--min-cosine",
-        "1.0",
-        "--eval",
-        data.eval,
-        "--keep-best",
-        "--json",
-    )
+    result = auto_export(tiny_bert_dir, out, only_int4, data, "--keep-best")
     assert result.exit_code == 0, result.stderr
     return out, models.read_manifest(out), result
 
@@ -659,7 +679,7 @@ def test_keep_best_writes_the_closest(keep_best) -> None:
     assert all(not r["passed"] for r in rows)
     closest = next(r for r in rows if r["label"] == closest_label(rows))
     assert search["chosen"] == closest["label"] and search["kept_best"] is True
-    assert manifest["precision"] == closest["precision"] == "int8-dynamic"
+    assert manifest["precision"] == closest["precision"] == "int4-weights"
     kept = manifest["backend"]["quantization"]["kept_fp32"]
     assert kept == sorted(closest["kept_float"])
     assert accuracy["cosine"] == closest["accuracy"]["cosine"]

@@ -43,14 +43,21 @@ def build_and_open(
     return section, backend.load(Artifact(request.out, manifest))
 
 
+# Where each op quantization touches keeps its constant weight: MatMul/Gemm/Conv their second
+# input, Gather (embedding tables, quantized by int8-dynamic and int8-static) its first.
+WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "Gather": 0}
+
+
 def quantizable_nodes(model: Any) -> list[str]:
-    """Names of the nodes quantization touches (MatMul/Gemm/Conv with a constant weight),
-    in graph order: the units mixed precision can keep in floating point."""
+    """Names of the nodes quantization touches (those ops with a constant weight), in graph
+    order: the units mixed precision can keep in floating point."""
     names = []
     for node in model.graph:
-        if node.op_type not in ("MatMul", "Gemm", "Conv") or not node.name:
+        position = WEIGHT_INPUT.get(node.op_type)
+        if position is None or not node.name or len(node.inputs) <= position:
             continue
-        if any(v is not None and v.const_value is not None for v in node.inputs[1:2]):
+        weight = node.inputs[position]
+        if weight is not None and weight.const_value is not None:
             names.append(node.name)
     return names
 
