@@ -8,7 +8,7 @@ kept (`extra`) and written back, so a manifest survives a round trip through an 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from modelkiln.generated_feeds import ValueKind
@@ -39,7 +39,7 @@ class FileEntry:
     size: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"sha256": self.sha256, "size": self.size}
+        return asdict(self)
 
 
 @dataclass
@@ -53,13 +53,7 @@ class PassRecord:
     seconds: float
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "nodes_before": self.nodes_before,
-            "nodes_after": self.nodes_after,
-            "modified": self.modified,
-            "seconds": self.seconds,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PassRecord:

@@ -9,6 +9,7 @@ from modelkiln.artifact import GOLDEN, Artifact, verify_files
 from modelkiln.backends.base import Session
 from modelkiln.compare import Tolerance, compare_outputs, summarize
 from modelkiln.errors import BuildError, InferenceError
+from modelkiln.exporter.reference import compare_samples, reference_samples
 from modelkiln.golden import load_golden
 from modelkiln.precision.names import loosened
 from modelkiln.runtime import load
@@ -77,8 +78,7 @@ def _fresh_reference(
     artifact: Artifact, session: Session, checkpoint: str, allow_pickle: bool
 ) -> dict[str, Any]:
     """Re-run the PyTorch model on new inputs of shapes the export never checked."""
-    from modelkiln.exporter.reference import compare_samples, reference_samples
-    from modelkiln.prepare import reference_for  # imports the exporter: only for --reference
+    from modelkiln.prepare import reference_for  # onnx-ir's passes: only for --reference
 
     manifest = artifact.manifest
     source = manifest.source

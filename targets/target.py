@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from types import MappingProxyType
@@ -25,7 +25,7 @@ class ShapeRange:
     max: int
 
     def to_json(self) -> dict[str, int]:
-        return {"min": self.min, "opt": self.opt, "max": self.max}
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ def check_request(
 
 def _check_target(options: PrecisionOptions, target: Target, backend: Backend) -> None:
     precision = target.precision
-    offered = [p.value for p in backend.precisions]
+    offered = [str(p) for p in backend.precisions]
     if precision == AUTO:
         if len(offered) < 2:
             raise UserInputError(
