@@ -7,6 +7,7 @@ special cases and importing modelkiln imports no backend.
 from __future__ import annotations
 
 import functools
+import inspect
 from importlib.metadata import EntryPoint, entry_points
 
 from modelkiln.backends.base import Backend
@@ -68,4 +69,22 @@ def get_backend(name: str) -> Backend:
             f"entry point '{name}' ({ep.value}) does not provide a modelkiln Backend named "
             f"'{name}' (it needs name, precisions, calibrated, check, build and load)"
         )
+    if _positional(backend.build) != 1:
+        raise UnknownBackendError(
+            f"backend '{name}' ({ep.value}) has build{inspect.signature(backend.build)}; this "
+            "modelkiln calls build(request) with one modelkiln.backends.base.BuildRequest "
+            f"({install_hint(name, ep=ep)}, or update it to that contract)"
+        )
     return backend
+
+
+def _positional(method: object) -> int:
+    """How many positional arguments a bound method requires (1 when it takes *args)."""
+    try:
+        params = inspect.signature(method).parameters.values()  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 1  # a builtin or C method: cannot tell, trust the protocol
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return 1
+    return sum(1 for p in params if p.kind in kinds and p.default is inspect.Parameter.empty)

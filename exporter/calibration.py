@@ -27,12 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from modelkiln.artifact import sha256_file
 from modelkiln.errors import first_line
-from modelkiln.exporter.data_samples import (
-    FORMATS,
-    NPZ_CONVENTION,
-    CalibrationDataError,
-    DataSample,
-)
+from modelkiln.exporter.data_samples import CalibrationDataError, DataSample, check_file
 from modelkiln.exporter.data_split import DataSplit, split
 from modelkiln.exporter.npz_samples import npz_samples
 from modelkiln.exporter.text_samples import read_texts, text_samples
@@ -108,23 +103,6 @@ def _load(
         record |= text_record
     record["samples"] = len(samples)
     return samples, record
-
-
-def check_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise CalibrationDataError(
-            f"{what} {path} does not exist; give a {', '.join(FORMATS)} file"
-        )
-    if path.is_dir():
-        raise CalibrationDataError(f"{what} {path} is a folder; give a file: {', '.join(FORMATS)}")
-    if path.suffix.lower() not in FORMATS:
-        raise CalibrationDataError(
-            f"{what} {path} has suffix '{path.suffix}', which modelkiln does not read; "
-            'give .txt (one text per line), .jsonl (objects with a "text" field) or '
-            f".npz ({NPZ_CONVENTION})"
-        )
-    if path.stat().st_size == 0:
-        raise CalibrationDataError(f"{what} {path} is empty; it must hold at least one sample")
 
 
 def _readable(path: Path, what: str, read: Callable[[Path], T]) -> T:

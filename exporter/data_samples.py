@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -43,3 +44,20 @@ def describe_inputs(decls: Iterable[InputDecl]) -> str:
 def short_name(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= NAME_CHARS else text[: NAME_CHARS - 1].rstrip() + "…"
+
+
+def check_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise CalibrationDataError(
+            f"{what} {path} does not exist; give a {', '.join(FORMATS)} file"
+        )
+    if path.is_dir():
+        raise CalibrationDataError(f"{what} {path} is a folder; give a file: {', '.join(FORMATS)}")
+    if path.suffix.lower() not in FORMATS:
+        raise CalibrationDataError(
+            f"{what} {path} has suffix '{path.suffix}', which modelkiln does not read; "
+            'give .txt (one text per line), .jsonl (objects with a "text" field) or '
+            f".npz ({NPZ_CONVENTION})"
+        )
+    if path.stat().st_size == 0:
+        raise CalibrationDataError(f"{what} {path} is empty; it must hold at least one sample")

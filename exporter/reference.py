@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +12,7 @@ from modelkiln.compare import Tolerance, compare_outputs, summarize
 from modelkiln.errors import CheckpointError, ExportError, first_line
 from modelkiln.exporter.specs import TaskSpec, make_inputs
 from modelkiln.golden import GoldenSample
-
-Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+from modelkiln.tensors import Runner
 
 
 def torch_runner(module: Any, outputs: Sequence[str]) -> Runner:

@@ -33,9 +33,11 @@ _MAX_HEADER = 100 * 1024 * 1024
 
 
 # How pickle-based PyTorch weights start: torch.save's zip archive, or a bare pickle stream
-# (protocol 2 to 5) from older torch.save / pickle.dump.
+# from older torch.save / pickle.dump: PROTO 2..5, then the first opcode (FRAME for 4 and 5;
+# LONG1 for torch's magic number, EMPTY_DICT, GLOBAL, EMPTY_LIST or MARK for 2 and 3).
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTOCOLS = (2, 3, 4, 5)
+_PICKLE_FIRST_OPS = b"\x95\x8a}c](\x80"
 
 
 def check_safetensors(path: Path) -> None:
@@ -90,7 +92,10 @@ def _refuse_pickle(path: Path, head: bytes) -> None:
     """A file that is not valid safetensors but starts like a pickle is named as such (a
     `torch.save` file renamed `.safetensors` otherwise reads as an absurd header size)."""
     if head.startswith(_ZIP_MAGIC) or (
-        len(head) >= 2 and head[0] == 0x80 and head[1] in _PICKLE_PROTOCOLS
+        len(head) >= 3
+        and head[0] == 0x80
+        and head[1] in _PICKLE_PROTOCOLS
+        and head[2] in _PICKLE_FIRST_OPS
     ):
         raise CheckpointError(
             f"{path} is a pickle file (PyTorch torch.save format) named .safetensors, which "

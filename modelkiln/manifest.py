@@ -2,7 +2,9 @@
 
 Everything that reads an artifact (runtime, `kiln validate`, `kiln inspect`, `kiln bench`)
 reads these attributes, never the JSON's string keys. Keys this version does not know are
-kept (`extra`) and written back, so a manifest survives a round trip through an older reader.
+kept (`extra`) and written back at the top level and in the source, backend, validation and
+accuracy sections; the small fixed records (target, passes, files, tensor specs) hold
+exactly their fields.
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ class Accuracy:
     metric: str  # "cosine" or "top1_agreement"
     max_abs_diff: float | None = None
     cosine: dict[str, Any] | None = None  # min, mean, pooling
-    top1_agreement: float | None = None
+    top1_agreement: float | None = None  # None also when there were no decisions
     decisions: int | None = None
     worst: list[dict[str, Any]] = field(default_factory=list)
     reference: str | None = None
@@ -187,15 +189,37 @@ class Accuracy:
     kept_best: bool | None = None  # --keep-best wrote it although it missed
     missed: list[str] | None = None  # with kept_best: what it missed
     extra: dict[str, Any] = field(default_factory=dict)
+    nulls: frozenset[str] = frozenset()  # fields the JSON held as null (kept as null)
+
+    # The JSON's key order: the measurement's, then what the manifest adds.
+    ORDER = (
+        "task",
+        "samples",
+        "max_abs_diff",
+        "metric",
+        "cosine",
+        "top1_agreement",
+        "decisions",
+        "worst",
+        "reference",
+        "budget",
+        "misses",
+        "data",
+        "search",
+        "kept_best",
+        "missed",
+    )
 
     def to_json(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        return _compact(data) | self.extra
+        data = {k: getattr(self, k) for k in self.ORDER}
+        return {k: v for k, v in data.items() if v is not None or k in self.nulls} | self.extra
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Accuracy:
         known, extra = _known(cls, data)
-        return cls(**known, extra=extra)
+        known.pop("nulls", None)
+        nulls = frozenset(k for k, v in known.items() if v is None)
+        return cls(**known, extra=extra, nulls=nulls)
 
     @property
     def score(self) -> float:
@@ -214,7 +238,8 @@ class Accuracy:
     def short(self, worded: bool = False) -> str:
         if self.metric == "top1_agreement":
             label = "top-1 agreement" if worded else "top-1"
-            return f"{label} {self.top1_agreement:.4f}"
+            agreement = self.top1_agreement
+            return f"{label} {'n/a' if agreement is None else f'{agreement:.4f}'}"
         cos = self.cosine or {}
         label = "cosine" if worded else "cos"
         return f"{label} min {cos['min']:.4f} mean {cos['mean']:.4f}"

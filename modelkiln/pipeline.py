@@ -192,6 +192,8 @@ def _build_one(
     probe = None
     with staging(out, force) as stage:
         built = build_target(prepared, tgt, backend, stage, out, options, evaluation, progress)
+        for f in prepared.preprocessing:
+            shutil.copy2(f, stage / f.name)
         manifest = prepared.manifest(out.name, built.target, built.section)
         write_manifest(stage, manifest)
         if validate:
@@ -204,8 +206,6 @@ def _build_one(
         else:
             report = Validation.skipped_because("--no-validate")
         with progress.stage("finalize", "writing golden samples and manifest"):
-            for f in prepared.preprocessing:
-                shutil.copy2(f, stage / f.name)
             if validate:
                 save_golden(stage / GOLDEN, prepared.samples)
             manifest.validation = report

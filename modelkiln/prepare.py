@@ -10,19 +10,16 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx_ir as ir
-from onnx_ir.passes.common import RemoveInitializersFromInputsPass
 
 from modelkiln.cache import BuildCache, CacheEntry
 from modelkiln.errors import UserInputError
 from modelkiln.exporter import sources, specs
-from modelkiln.exporter.passes import simplify
 from modelkiln.exporter.reference import onnx_runner, reference_samples, torch_runner
 from modelkiln.exporter.specs import TaskSpec, make_inputs, tensor_spec_of
 from modelkiln.exporter.trace import OutputSelector, trace
@@ -31,9 +28,8 @@ from modelkiln.manifest import BackendSection, Manifest, PassRecord, SourceRecor
 from modelkiln.progress import Progress
 from modelkiln.targets import Target
 from modelkiln.targets.shapes import clamp, validation_dims
+from modelkiln.tensors import Runner
 from modelkiln.versions import tool_versions
-
-Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 @dataclass
@@ -226,6 +222,8 @@ def _trace_and_simplify(
         with progress.stage("trace", "tracing to ONNX (torch.export, dynamo)"):
             model = trace(model, spec, make_inputs(spec, spec.trace_dims), source.model_type)
     with progress.stage("passes", "simplifying the graph"):
+        from modelkiln.exporter.passes import simplify  # onnx-ir's passes: timed here
+
         model, log = simplify(model, dump_dir)
     samples = []
     if reference:
@@ -264,6 +262,9 @@ def model_for(source: sources.Source, task: str | None) -> tuple[TaskSpec, Any, 
     already-loaded `onnx_ir.Model` of an ONNX source."""
     check_task_fits(source, task)
     if isinstance(source, sources.OnnxSource):
+        import onnx_ir as ir  # ~1 s to import: inside the timed load stage
+        from onnx_ir.passes.common import RemoveInitializersFromInputsPass
+
         model = ir.load(source.path)
         ir.external_data.load_to_model(model)  # in memory: the artifact must not point back
         RemoveInitializersFromInputsPass()(model)  # weights listed as inputs (old exporters)

@@ -21,9 +21,14 @@ ACCURACY_KEYS = ("metric", "cosine", "top1_agreement", "samples", "worst", "budg
 
 
 def verify_artifact(
-    path: str | Path, reference: str | None = None, allow_pickle: bool = False
+    path: str | Path,
+    reference: str | None = None,
+    allow_pickle: bool = False,
+    stock_architecture: bool = False,
 ) -> dict[str, Any]:
-    """Every check's result; `passed` is False if any check failed."""
+    """Every check's result; `passed` is False if any check failed. `stock_architecture`
+    lets the `reference` checkpoint declare custom code (as an export with the same flag;
+    artifacts exported that way record it and need no flag here)."""
     artifact = Artifact.open(path)
     manifest = artifact.manifest
     report: dict[str, Any] = {"artifact": str(artifact.path), "checks": {}}
@@ -65,7 +70,9 @@ def verify_artifact(
             "problems": [f"{GOLDEN} is missing, although the manifest records a validation"],
         }
     if reference is not None:
-        checks["reference"] = _fresh_reference(artifact, session, reference, allow_pickle)
+        checks["reference"] = _fresh_reference(
+            artifact, session, reference, allow_pickle, stock_architecture
+        )
     report["passed"] = all(c["passed"] for c in checks.values())
     if manifest.accuracy is not None:  # measured at build against fp32 PyTorch
         accuracy = manifest.accuracy.to_json()
@@ -75,7 +82,7 @@ def verify_artifact(
 
 
 def _fresh_reference(
-    artifact: Artifact, session: Session, checkpoint: str, allow_pickle: bool
+    artifact: Artifact, session: Session, checkpoint: str, allow_pickle: bool, stock: bool
 ) -> dict[str, Any]:
     """Re-run the PyTorch model on new inputs of shapes the export never checked."""
     from modelkiln.prepare import reference_for  # onnx-ir's passes: only for --reference
@@ -84,7 +91,7 @@ def _fresh_reference(
     source = manifest.source
     task = manifest.task if source.kind == "hf" else None
     spec, runner = reference_for(
-        checkpoint, task, allow_pickle, stock_architecture=source.stock_architecture
+        checkpoint, task, allow_pickle, stock_architecture=stock or source.stock_architecture
     )
     named = {d for decl in spec.inputs for d in decl.axes if isinstance(d, str)}
     dims_list = [

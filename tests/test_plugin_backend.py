@@ -130,3 +130,60 @@ def test_without_the_plugin_the_backend_is_unknown(mlp_onnx, tmp_path) -> None:
     assert "onnxruntime" in errors[0].split("installed backends:")[1]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+OLD_PLUGIN = '''
+class OldBackend:
+    """A plugin written before the contract was typed: build(model, target, out)."""
+
+    name = "old-contract"
+    precisions = ("fp32",)
+    calibrated = ()
+
+    def check(self, target):
+        pass
+
+    def build(self, model, target, out):
+        raise AssertionError("an old-contract build must never be called")
+
+    def load(self, artifact, **options):
+        raise AssertionError("never loaded")
+'''
+OLD_PYPROJECT = """
+[build-system]
+requires = ["setuptools>=70"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "kiln-old-contract"
+version = "0.0.1"
+
+[project.entry-points."modelkiln.backends"]
+old-contract = "kiln_old_contract:OldBackend"
+
+[tool.setuptools]
+packages = ["kiln_old_contract"]
+"""
+
+
+def test_a_plugin_on_the_old_build_contract_is_refused_in_one_line(mlp_onnx, tmp_path) -> None:
+    src, site = tmp_path / "src", tmp_path / "site"
+    (src / "kiln_old_contract").mkdir(parents=True)
+    (src / "kiln_old_contract" / "__init__.py").write_text(OLD_PLUGIN)
+    (src / "pyproject.toml").write_text(OLD_PYPROJECT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q"]
+        + ["--target", str(site), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    target = tmp_path / "old.toml"
+    target.write_text('backend = "old-contract"\n')
+    proc = run(KILN, "export", mlp_onnx, "--target", target, "-o", tmp_path / "o", site=site)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "build(model, target, out)" in errors[0] and "BuildRequest" in errors[0]
+    assert not (tmp_path / "o").exists()

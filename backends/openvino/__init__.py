@@ -8,13 +8,14 @@ nncf itself), `convert_direct` (OpenVINO's own conversion, the benchmark's yards
 from modelkiln.backends.openvino.backend import OpenVinoBackend
 from modelkiln.backends.openvino.blob_cache import default_cache_dir
 from modelkiln.backends.openvino.common import no_telemetry
-from modelkiln.backends.openvino.direct import convert_direct
+from modelkiln.backends.openvino.direct import convert_direct, direct_runner
 from modelkiln.backends.openvino.session import OpenVinoSession
 
 __all__ = [
     "OpenVinoBackend",
     "OpenVinoSession",
     "convert_direct",
+    "direct_runner",
     "default_cache_dir",
     "no_telemetry",
 ]

@@ -202,7 +202,8 @@ class OpenVinoBackend:
         mixed, missing = keep_float(quantized, keep)
         if missing:
             raise BuildError(
-                f"cannot keep {', '.join(missing)} in floating point: the model has no such node"
+                f"cannot keep {', '.join(missing)} in floating point: the quantized model has "
+                "no such quantized node"
             )
         return mixed, {**record, "kept_fp32": sorted(keep)}
 

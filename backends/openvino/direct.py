@@ -4,7 +4,7 @@ yardstick `kiln bench --vs-openvino` measures an OpenVINO artifact against."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +12,13 @@ import numpy as np
 
 from modelkiln.backends.openvino.common import import_openvino, no_telemetry, reported_properties
 from modelkiln.errors import UserInputError
+from modelkiln.tensors import Runner
 
-Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
-
-def convert_direct(
-    model: Any, example: Mapping[str, np.ndarray], outputs: Sequence[str], threads: int
-) -> tuple[Runner, dict[str, Any]]:
+def convert_direct(model: Any, example: Mapping[str, np.ndarray], threads: int) -> Any:
     """`ov.convert_model` of a torch module (or an ONNX file's path) compiled for the CPU
-    with OpenVINO's defaults except `threads`, as its users do without modelkiln.
-
-    Returns a runner whose outputs are named `outputs` in the module's output order, and
-    what the compiled model reports. No telemetry is sent."""
+    with OpenVINO's defaults except `threads`, as its users do without modelkiln: the
+    compiled model. No telemetry is sent."""
     ov = import_openvino()
     # torch.jit tracing inside convert_model warns about every data-dependent branch.
     with no_telemetry(), warnings.catch_warnings():
@@ -38,14 +33,22 @@ def convert_direct(
             }
             with torch.no_grad():
                 converted = ov.convert_model(model, example_input=torch_example)
-    compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_NUM_THREADS": threads})
+    return ov.Core().compile_model(converted, "CPU", {"INFERENCE_NUM_THREADS": threads})
+
+
+def direct_runner(
+    compiled: Any, example: Mapping[str, np.ndarray], outputs: Sequence[str], what: str
+) -> tuple[Runner, dict[str, Any]]:
+    """A runner over `convert_direct`'s model whose outputs are named `outputs` (in the
+    module's output order), and what the compiled model reports; `what` names the
+    conversion in the refusal of a model that lost an input."""
     names = {name for port in compiled.inputs for name in port.get_names()}
     missing = sorted(set(example) - names)
     if missing:
         raise UserInputError(
-            f"OpenVINO's conversion has no input(s) {', '.join(missing)} "
-            f"(it has {', '.join(sorted(names))})"
+            f"{what} has no input(s) {', '.join(missing)} (it has {', '.join(sorted(names))})"
         )
+    ov = import_openvino()
     request = compiled.create_infer_request()
 
     def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -119,18 +119,19 @@ def keep_float(quantized: Any, keep: Collection[str]) -> tuple[Any, list[str]]:
     """A copy of an NNCF-quantized model with the nodes named in `keep` back in floating
     point: the FakeQuantize ops feeding them are bypassed for them alone (other consumers
     of the same FakeQuantize stay quantized). No recalibration: the mixed-precision search
-    tries many `keep` sets on one calibrated model. Returns (model, names not found)."""
+    tries many `keep` sets on one calibrated model. Returns (model, names it could not keep
+    float: no such node, or a node NNCF left unquantized, such as an embedding's Gather)."""
     model = quantized.clone()
     wanted = set(keep)
-    found = set()
+    kept = set()
     for op in model.get_ordered_ops():
         if op.get_friendly_name() not in wanted:
             continue
-        found.add(op.get_friendly_name())
         for port in op.inputs():
             source = port.get_source_output()
             producer = source.get_node()
             if producer.get_type_name() == "FakeQuantize":
                 port.replace_source_output(producer.input_value(0))
+                kept.add(op.get_friendly_name())
     model.validate_nodes_and_infer_types()
-    return model, sorted(wanted - found)
+    return model, sorted(wanted - kept)

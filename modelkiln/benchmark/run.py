@@ -97,6 +97,7 @@ def bench(
     min_time: float = 3.0,
     seed: int = 0,
     allow_pickle: bool = False,
+    stock_architecture: bool = False,
     vs_openvino: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -105,7 +106,8 @@ def bench(
 
     `min_time` is the measured time per configuration, split over `rounds`; `warmup` untimed
     runs per configuration come first (at least one). Only the ONNX Runtime and numpy are
-    imported unless `baseline` is given. `vs_openvino` adds the baseline converted by
+    imported unless `baseline` is given; `allow_pickle` and `stock_architecture` are for
+    the baseline checkpoint, as for `kiln export`. `vs_openvino` adds the baseline converted by
     OpenVINO itself (`ov.convert_model`, default settings) as one more subject, so an
     OpenVINO artifact can be compared with OpenVINO's own route in the same run.
     """
@@ -147,7 +149,7 @@ def bench(
         base = _Subject(BASELINE_ID, {}, first.dims, first.feeds)
         say(f"loading baseline {baseline} (PyTorch)")
         base.info, base.run, model = subjects_mod.load_baseline(
-            baseline, opened[0], first.id, threads, allow_pickle, meter
+            baseline, opened[0], first.id, threads, allow_pickle, stock_architecture, meter
         )
         _probe(base, meter, say)
         artifacts_only = list(subjects)

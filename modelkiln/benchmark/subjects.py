@@ -21,10 +21,10 @@ from modelkiln.errors import (
     UserInputError,
 )
 from modelkiln.runtime import load
+from modelkiln.tensors import Runner
 
 BASELINE_ID = "pytorch"
 OPENVINO_DIRECT_ID = "openvino-direct"
-Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 def check_numbers(threads: int | None, warmup: int, rounds: int, min_time: float) -> None:
@@ -78,7 +78,7 @@ def artifact_info(art: Artifact, label: str, import_s: float) -> dict[str, Any]:
         "device": manifest.target.device,
         "precision": manifest.precision,
         # what the backend recorded at build time (e.g. the precision a compiled model reports)
-        "backend_info": dict(manifest.backend.details),
+        "backend_info": {k: v for k, v in manifest.backend.to_json().items() if k != "files"},
         "import_s": round(import_s, 3),
     }
 
@@ -119,6 +119,7 @@ def load_baseline(
     label: str,
     threads: int,
     allow_pickle: bool,
+    stock_architecture: bool,
     meter: PeakMeter,
 ) -> tuple[dict[str, Any], Runner, Any]:
     """Info, runner and model of the PyTorch baseline; PyTorch is imported only here.
@@ -142,7 +143,7 @@ def load_baseline(
     import_s = time.perf_counter() - start
     torch.set_num_threads(threads)
     manifest = art.manifest
-    stock = manifest.source.stock_architecture
+    stock = stock_architecture or manifest.source.stock_architecture
     try:
         (spec, model, runner), stats, base = _measure_load(
             meter,
@@ -189,7 +190,7 @@ def load_openvino_direct(
     the yardstick for what our ONNX route to OpenVINO costs or gains."""
     start = time.perf_counter()
     try:
-        from modelkiln.backends.openvino import convert_direct, no_telemetry
+        from modelkiln.backends.openvino import convert_direct, direct_runner, no_telemetry
 
         with no_telemetry():
             import openvino  # noqa: F401  (timed apart from the conversion)
@@ -199,13 +200,9 @@ def load_openvino_direct(
         ) from None
     import_s = time.perf_counter() - start
     source = checkpoint if Path(checkpoint).suffix == ".onnx" else model
-    try:
-        (run, compiled), stats, base = _measure_load(
-            meter, lambda: convert_direct(source, example, outputs, threads)
-        )
-    except UserInputError as exc:
-        exc.args = (f"--vs-openvino: {checkpoint}: {exc}",)
-        raise
+    converted, stats, base = _measure_load(meter, lambda: convert_direct(source, example, threads))
+    what = f"--vs-openvino: OpenVINO's conversion of {checkpoint}"
+    run, compiled = direct_runner(converted, example, outputs, what)
     info = {
         "id": OPENVINO_DIRECT_ID,
         "kind": "reference",

@@ -60,6 +60,12 @@ def _check_writable(path: Path, option: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for inputs and order.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in --baseline.")
 @click.option(
+    "--stock-architecture",
+    is_flag=True,
+    help="Let the --baseline checkpoint declare custom code (auto_map) and run the stock "
+    "transformers class (artifacts exported with this flag record it and need no flag).",
+)
+@click.option(
     "--vs-openvino",
     is_flag=True,
     help="Also run the --baseline checkpoint converted by OpenVINO itself (ov.convert_model, "
@@ -93,6 +99,7 @@ def bench(
     min_time: float,
     seed: int,
     allow_pickle: bool,
+    stock_architecture: bool,
     vs_openvino: bool,
     json_path: Path | None,
     plot_path: Path | None,
@@ -136,6 +143,7 @@ def bench(
         min_time=min_time,
         seed=seed,
         allow_pickle=allow_pickle,
+        stock_architecture=stock_architecture,
         vs_openvino=vs_openvino,
         progress=progress,
     )

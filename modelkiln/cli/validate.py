@@ -24,6 +24,12 @@ from modelkiln.verify import verify_artifact
     help="Checkpoint to re-run in PyTorch on fresh inputs of new shapes.",
 )
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in --reference.")
+@click.option(
+    "--stock-architecture",
+    is_flag=True,
+    help="Let the --reference checkpoint declare custom code (auto_map) and run the stock "
+    "transformers class (artifacts exported with this flag record it and need no flag).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON on stdout.")
 @click.option(
     "--junit",
@@ -33,13 +39,23 @@ from modelkiln.verify import verify_artifact
 )
 @handle_errors
 def validate(
-    artifact: Path, reference: str | None, allow_pickle: bool, as_json: bool, junit: Path | None
+    artifact: Path,
+    reference: str | None,
+    allow_pickle: bool,
+    stock_architecture: bool,
+    as_json: bool,
+    junit: Path | None,
 ) -> None:
     """Re-check ARTIFACT: file hashes, golden outputs replayed through the runtime, and
     optionally a fresh PyTorch run. Exit code 0 when every check passes, 1 otherwise."""
     if junit is not None:
         check_side_path(junit, artifact, "--junit", folder=False)
-    report = verify_artifact(artifact, reference=reference, allow_pickle=allow_pickle)
+    report = verify_artifact(
+        artifact,
+        reference=reference,
+        allow_pickle=allow_pickle,
+        stock_architecture=stock_architecture,
+    )
     if junit is not None:
         write_junit(report, junit)
     if as_json:

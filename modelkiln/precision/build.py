@@ -5,7 +5,7 @@ accuracy where that is the evidence."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +30,8 @@ from modelkiln.precision.search import SearchResult, run_search
 from modelkiln.prepare import Prepared
 from modelkiln.progress import Progress
 from modelkiln.targets import Target
+from modelkiln.tensors import Runner
 
-Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 REPLAY_TOLERANCE_SOURCE = (
     "measured at build: 2x the quantized artifact's max abs diff from the reference; "
     "accuracy against fp32 is in the manifest's accuracy section"

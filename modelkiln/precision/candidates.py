@@ -49,15 +49,16 @@ WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "Gather": 0}
 
 
 def quantizable_nodes(model: Any) -> list[str]:
-    """Names of the nodes quantization touches (those ops with a constant weight), in graph
-    order: the units mixed precision can keep in floating point."""
+    """Names of the nodes quantization touches (those ops with a constant floating-point
+    weight), in graph order: the units mixed precision can keep in floating point."""
     names = []
     for node in model.graph:
         position = WEIGHT_INPUT.get(node.op_type)
         if position is None or not node.name or len(node.inputs) <= position:
             continue
         weight = node.inputs[position]
-        if weight is not None and weight.const_value is not None:
+        const = weight.const_value if weight is not None else None
+        if const is not None and const.dtype.is_floating_point():
             names.append(node.name)
     return names
 

@@ -3,7 +3,6 @@ calibration, with their fp32 reference outputs, computed once per export."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,7 @@ from modelkiln.manifest import Accuracy
 from modelkiln.precision.options import PrecisionOptions
 from modelkiln.prepare import Prepared
 from modelkiln.progress import Progress, iter_with_progress
-
-Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+from modelkiln.tensors import Runner
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from modelkiln.backends.base import Backend
 from modelkiln.errors import UserInputError
-from modelkiln.exporter.calibration import check_file
+from modelkiln.exporter.data_samples import check_file
 from modelkiln.precision.budget import Budget
 from modelkiln.precision.names import AUTO, Precision, is_half, is_quantized, is_reduced
 from modelkiln.precision.options import PrecisionOptions

@@ -37,9 +37,9 @@ from modelkiln.precision.report import accuracy_text, table_text
 from modelkiln.prepare import Prepared
 from modelkiln.progress import Progress
 from modelkiln.targets import Target
+from modelkiln.tensors import Runner
 
 MAX_MIXED_STEPS = 6
-Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 def probe_ms(run: Runner, feeds: Mapping[str, np.ndarray], runs: int = 10) -> float:
