@@ -23,14 +23,8 @@ TARGET = SAMPLE / "ort-parallel.toml"
 KILN = Path(sys.executable).with_name("kiln")
 
 
-@pytest.fixture(scope="module")
-def plugin_site(tmp_path_factory) -> Path:
-    """The sample installed with pip into a folder of its own; returns that folder."""
-    root = tmp_path_factory.mktemp("plugin")
-    src, site = root / "src", root / "site"
-    shutil.copytree(
-        SAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
-    )
+def pip_install(src: Path, site: Path) -> None:
+    """Install the package at `src` into the folder `site`, as a user's pip would."""
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q"]
         + ["--target", str(site), str(src)],
@@ -39,6 +33,17 @@ def plugin_site(tmp_path_factory) -> Path:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def plugin_site(tmp_path_factory) -> Path:
+    """The sample installed with pip into a folder of its own; returns that folder."""
+    root = tmp_path_factory.mktemp("plugin")
+    src, site = root / "src", root / "site"
+    shutil.copytree(
+        SAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    )
+    pip_install(src, site)
     assert list(site.glob("kiln_ort_parallel-*.dist-info")), sorted(os.listdir(site))
     assert not list(SAMPLE.glob("build")) and not list(SAMPLE.glob("*.egg-info"))
     return site
@@ -171,14 +176,7 @@ def test_a_plugin_on_the_old_build_contract_is_refused_in_one_line(mlp_onnx, tmp
     (src / "kiln_old_contract").mkdir(parents=True)
     (src / "kiln_old_contract" / "__init__.py").write_text(OLD_PLUGIN)
     (src / "pyproject.toml").write_text(OLD_PYPROJECT)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q"]
-        + ["--target", str(site), str(src)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pip_install(src, site)
     target = tmp_path / "old.toml"
     target.write_text('backend = "old-contract"\n')
     proc = run(KILN, "export", mlp_onnx, "--target", target, "-o", tmp_path / "o", site=site)

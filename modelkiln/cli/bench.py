@@ -11,7 +11,7 @@ import modelkiln.benchmark.plan as plan
 from modelkiln.artifact import blocking_file
 from modelkiln.benchmark.report import check_plot_available, plot, text_table
 from modelkiln.benchmark.run import bench as run_bench
-from modelkiln.cli.common import err, handle_errors, out
+from modelkiln.cli.common import err, handle_errors, out, stock_architecture_option
 from modelkiln.errors import UserInputError
 
 
@@ -59,12 +59,7 @@ def _check_writable(path: Path, option: str) -> None:
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for inputs and order.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in --baseline.")
-@click.option(
-    "--stock-architecture",
-    is_flag=True,
-    help="Let the --baseline checkpoint declare custom code (auto_map) and run the stock "
-    "transformers class (artifacts exported with this flag record it and need no flag).",
-)
+@stock_architecture_option("--baseline")
 @click.option(
     "--vs-openvino",
     is_flag=True,

@@ -51,6 +51,17 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def stock_architecture_option(checkpoint_option: str) -> Callable[[Any], Any]:
+    """`--stock-architecture` for a command that loads the checkpoint of an artifact."""
+    return click.option(
+        "--stock-architecture",
+        is_flag=True,
+        help=f"Let the {checkpoint_option} checkpoint declare custom code (auto_map) and run "
+        "the stock transformers class (artifacts exported with this flag record it and need "
+        "no flag).",
+    )
+
+
 def print_columns(rows: list[dict[str, str]], console: Console) -> None:
     """Rows as aligned plain-text columns that never wrap (piped output stays greppable)."""
     columns = list(rows[0])

@@ -10,7 +10,7 @@ import click
 from rich.markup import escape
 
 from modelkiln.artifact import check_side_path
-from modelkiln.cli.common import err, handle_errors
+from modelkiln.cli.common import err, handle_errors, stock_architecture_option
 from modelkiln.junit import write_junit
 from modelkiln.manifest import Accuracy
 from modelkiln.verify import verify_artifact
@@ -24,12 +24,7 @@ from modelkiln.verify import verify_artifact
     help="Checkpoint to re-run in PyTorch on fresh inputs of new shapes.",
 )
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in --reference.")
-@click.option(
-    "--stock-architecture",
-    is_flag=True,
-    help="Let the --reference checkpoint declare custom code (auto_map) and run the stock "
-    "transformers class (artifacts exported with this flag record it and need no flag).",
-)
+@stock_architecture_option("--reference")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON on stdout.")
 @click.option(
     "--junit",
