@@ -42,6 +42,7 @@ PREPROCESSING_FILES = (
     "sentencepiece.bpe.model",
     "added_tokens.json",
     "preprocessor_config.json",
+    "generation_config.json",
     "config.json",
 )
 
@@ -66,6 +67,16 @@ class HFCheckpoint:
     @property
     def model_type(self) -> str:
         return str(self.config.get("model_type", "unknown"))
+
+    @property
+    def generation_config(self) -> dict[str, Any]:
+        """generation_config.json (special tokens, default sampling), or {}."""
+        path = self.path / "generation_config.json"
+        try:
+            data = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+        return data if isinstance(data, dict) else {}
 
     def describe(self) -> dict[str, Any]:
         record = {

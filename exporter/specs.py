@@ -7,7 +7,7 @@ head_dim) per layer the same way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,8 @@ import numpy as np
 
 from modelkiln.compare import Tolerance
 from modelkiln.errors import UnknownTaskError, UserInputError
+from modelkiln.exporter import decoder_spec
+from modelkiln.exporter.decoder_spec import DecoderInfo
 from modelkiln.generated_feeds import Axis, InputDecl, generate_feeds
 from modelkiln.hf_config import position_limit
 from modelkiln.tensors import TensorSpec
@@ -29,6 +31,7 @@ class TaskSpec:
     trace_dims: Mapping[str, int]
     check_dims: tuple[Mapping[str, int], ...]
     limits: Mapping[str, int] = field(default_factory=dict)  # largest size per named dim
+    decoder: DecoderInfo | None = None  # text generation: cache layers and special tokens
 
     def fit(self, dims: Mapping[str, int]) -> dict[str, int]:
         """`dims` with each size capped at the model's limit (e.g. max_position_embeddings)."""
@@ -46,6 +49,7 @@ class TaskSpec:
             "trace_dims": dict(self.trace_dims),
             "check_dims": [dict(c) for c in self.check_dims],
             "limits": dict(self.limits),
+            "decoder": None if self.decoder is None else self.decoder.to_json(),
         }
 
     @classmethod
@@ -62,6 +66,7 @@ class TaskSpec:
             trace_dims=dict(data["trace_dims"]),
             check_dims=tuple(dict(c) for c in data["check_dims"]),
             limits=dict(data["limits"]),
+            decoder=DecoderInfo.from_json(data["decoder"]) if data.get("decoder") else None,
         )
 
     @property
@@ -75,13 +80,16 @@ TEXT_TASKS = {
     "feature-extraction": ("AutoModel", ("last_hidden_state",)),
     "text-classification": ("AutoModelForSequenceClassification", ("logits",)),
     "token-classification": ("AutoModelForTokenClassification", ("logits",)),
+    decoder_spec.TASK: ("AutoModelForCausalLM", ("logits",)),
 }
 IMAGE_TASKS = {
     "feature-extraction": ("AutoModel", ("last_hidden_state",)),
     "image-classification": ("AutoModelForImageClassification", ("logits",)),
 }
 TASKS = sorted(set(TEXT_TASKS) | set(IMAGE_TASKS))
-_ARCH_SUFFIX_TO_TASK = {
+_ARCH_SUFFIX_TO_TASK = {  # in order: "GPT2LMHeadModel" is a decoder, not a "Model"
+    "ForCausalLM": decoder_spec.TASK,
+    "LMHeadModel": decoder_spec.TASK,
     "ForSequenceClassification": "text-classification",
     "ForTokenClassification": "token-classification",
     "ForImageClassification": "image-classification",
@@ -114,14 +122,32 @@ def auto_class_for(config: Mapping[str, Any], task: str | None) -> str:
             f"task '{task}' does not fit {kind} model type {config.get('model_type')}; "
             f"{kind} tasks: {', '.join(table)}"
         )
+    if task == decoder_spec.TASK:
+        archs = config.get("architectures") or []
+        heads = ("ForCausalLM", "LMHeadModel")
+        if archs and not any(a.endswith(heads) for a in archs):
+            raise UnknownTaskError(
+                f"task {task} needs a checkpoint with a causal language-model head "
+                f"(*ForCausalLM, *LMHeadModel); this one is {', '.join(archs)}: pick another --task"
+            )
     return table[task][0]
 
 
-def for_hf(config: Mapping[str, Any], task: str | None, forward_args: set[str]) -> TaskSpec:
-    """Spec for a Hugging Face checkpoint; `forward_args` are the model's forward parameters."""
+def for_hf(
+    config: Mapping[str, Any],
+    task: str | None,
+    forward_args: set[str],
+    layout: Sequence[tuple[int, int]] = (),
+    generation: Mapping[str, Any] | None = None,
+) -> TaskSpec:
+    """Spec for a Hugging Face checkpoint; `forward_args` are the model's forward parameters.
+    For text generation, `layout` is the cache's (kv_heads, head_dim) per layer and
+    `generation` the checkpoint's generation_config.json."""
     task = task or infer_task(config)
     if task not in TASKS:
         raise UnknownTaskError(f"unknown task '{task}'; known tasks: {', '.join(TASKS)}")
+    if task == decoder_spec.TASK:
+        return _decoder_spec(config, forward_args, layout, generation or {})
     if "vocab_size" in config and "pixel_values" not in forward_args:
         return _text_spec(config, task, forward_args)
     if "image_size" in config or "pixel_values" in forward_args:
@@ -169,6 +195,40 @@ def _text_spec(config: Mapping[str, Any], task: str, forward_args: set[str]) -> 
         trace_dims={"batch": 2, "sequence": min(8, longest)},
         check_dims=checks,
         limits=limits,
+    )
+
+
+def _decoder_spec(
+    config: Mapping[str, Any],
+    forward_args: set[str],
+    layout: Sequence[tuple[int, int]],
+    generation: Mapping[str, Any],
+) -> TaskSpec:
+    inputs, outputs, limits = decoder_spec.decoder_inputs(config, forward_args, layout)
+    pad, eos, bos = decoder_spec.special_tokens(config, generation)
+    vocab = int(config["vocab_size"])
+    if not 0 <= pad < vocab:
+        raise UserInputError(
+            f"the checkpoint's pad token (pad_token_id, else the first eos_token_id) is {pad}, "
+            f"outside its vocabulary of {vocab} ids; fix config.json / generation_config.json"
+        )
+    eos = [e for e in eos if 0 <= e < vocab]  # an id the model cannot produce never stops it
+    window = config.get("sliding_window")
+    longest = limits.get("sequence", 1 << 30)
+    return TaskSpec(
+        task=decoder_spec.TASK,
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        tolerance=decoder_spec.decoder_tolerance(),
+        trace_dims={"batch": 2, "sequence": 3, "past_sequence": 5, "total_sequence": 8},
+        check_dims=tuple(
+            {"batch": d["batch"], "sequence": min(d["sequence"], longest // 4)}
+            for d in decoder_spec.PROMPT_DIMS
+        ),
+        limits=limits,
+        decoder=DecoderInfo(
+            len(layout), pad, tuple(eos), bos, window if isinstance(window, int) else None
+        ),
     )
 
 

@@ -46,7 +46,7 @@ class OutputSelector:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """torch.onnx prints progress and registry warnings; the CLI has its own progress."""
     loggers = [
         logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "torch.fx")
@@ -78,7 +78,7 @@ def trace(module: Any, spec: TaskSpec, inputs: Mapping[str, np.ndarray], model_t
     kwargs = {name: torch.from_numpy(np.ascontiguousarray(v)) for name, v in inputs.items()}
     dynamic = spec.dynamic_axes
     try:
-        with _quiet(), torch.no_grad():
+        with quiet(), torch.no_grad():
             program = torch.onnx.export(
                 module,
                 (),

@@ -22,12 +22,13 @@ def check_feeds(
     ranges: Mapping[str, tuple[int, int]] | None = None,
     *,
     limits: Mapping[str, int] | None = None,
-    id_bounds: Mapping[str, int] | None = None,
+    id_bounds: Mapping[str, tuple[int, str]] | None = None,
 ) -> dict[str, np.ndarray]:
     """`ranges`: the sizes (min, max) each named dimension may take, from the artifact's
     target (a backend built for them may fail or be wrong outside); `limits`: the largest
     size the model itself takes per dimension (its position embeddings); `id_bounds`: per
-    token-id input, the vocabulary size (ids must lie in 0..size-1)."""
+    index input, (how many there are, what they index: "token" or "position"): values must
+    lie in 0..count-1."""
     ranges = ranges or {}
     limits = limits or {}
     expected = ", ".join(f"{n}: {s}" for n, s in specs.items())
@@ -82,21 +83,27 @@ def check_feeds(
                         else f"{where}; the model takes at most {limits[dim]}"
                     )
         if id_bounds and name in id_bounds:
-            _check_ids(name, value, id_bounds[name])
+            _check_ids(name, value, *id_bounds[name])
         arrays[name] = value
     return arrays
 
 
-def _check_ids(name: str, value: np.ndarray, vocabulary: int) -> None:
-    """Token ids outside the vocabulary index past the embedding table: ONNX Runtime fails
-    with an opaque Gather error, other backends may read garbage."""
+def _check_ids(name: str, value: np.ndarray, count: int, what: str) -> None:
+    """Ids outside the table they index (token ids outside the vocabulary, positions past
+    the position embeddings) read past it: ONNX Runtime fails with an opaque Gather error,
+    other backends may read garbage."""
     if not value.size:
         return
-    outside = (value < 0) | (value >= vocabulary)
+    outside = (value < 0) | (value >= count)
     if outside.any():
-        position = tuple(int(i) for i in np.argwhere(outside)[0])
+        where = tuple(int(i) for i in np.argwhere(outside)[0])
+        if what == "token":
+            raise FeedError(
+                f"input '{name}' holds token id {int(value[where])} at {list(where)}; the "
+                f"vocabulary has {count} ids (0 to {count - 1}): use the artifact's own "
+                "tokenizer"
+            )
         raise FeedError(
-            f"input '{name}' holds token id {int(value[position])} at {list(position)}; the "
-            f"vocabulary has {vocabulary} ids (0 to {vocabulary - 1}): use the artifact's own "
-            "tokenizer"
+            f"input '{name}' holds position {int(value[where])} at {list(where)}; the model has "
+            f"{count} positions (0 to {count - 1}): shorten the prompt or the generation"
         )

@@ -17,7 +17,7 @@ from modelkiln.errors import UserInputError
 from modelkiln.tensors import TensorSpec
 
 Axis = int | str
-FILLS = ("token_ids", "mask", "zeros", "normal", "ints", "bools")
+FILLS = ("token_ids", "mask", "zeros", "normal", "ints", "bools", "positions")
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,9 @@ class ValueKind:
     """What values an input takes (the manifest's `inputs.<name>.values`).
 
     For `token_ids`, `high` is the vocabulary size (ids 0..high-1 are valid) and `low` only
-    where generated ids start; for `ints` (module factories) both are what the example
-    inputs held, not limits."""
+    where generated ids start; for `positions`, `high` is the number of positions (0: not
+    known); for `ints` (module factories) both are what the example inputs held, not
+    limits."""
 
     kind: str  # one of FILLS
     low: int = 0
@@ -83,6 +84,8 @@ def generate_feeds(
                 value[-1, shape[-1] // 2 :] = 0  # right padding on the last row, as tokenizers do
         elif decl.fill == "zeros":
             value = np.zeros(shape)
+        elif decl.fill == "positions":
+            value = np.broadcast_to(np.arange(shape[-1]), shape)
         elif decl.fill in ("ints", "bools"):
             value = rng.integers(decl.low, max(decl.high, decl.low + 1), size=shape)
         else:

@@ -18,7 +18,7 @@ def write_junit(report: dict[str, Any], path: Path) -> None:
                     failure = None if result["passed"] else describe(result)
                     cases.append((f"{name}[{i}].{output}", failure))
         else:
-            problems = check.get("problems") or []
+            problems = check.get("problems") or check.get("failures") or []
             cases.append((name, None if check["passed"] else "; ".join(problems) or "failed"))
     suite = ET.Element(
         "testsuite",

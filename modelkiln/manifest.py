@@ -130,6 +130,7 @@ class Validation:
     failures: list[str] = field(default_factory=list)
     reference: str | None = None  # what produced the expected outputs
     tolerance_source: str | None = None  # set when the tolerance was measured at build
+    generation: dict[str, Any] | None = None  # decoders: the greedy tokens check
     skipped: bool = False
     reason: str | None = None  # why it was skipped
     extra: dict[str, Any] = field(default_factory=dict)
@@ -149,6 +150,7 @@ class Validation:
             "failures": self.failures,
             "tolerance_source": self.tolerance_source,
             "reference": self.reference,
+            "generation": self.generation,
         }
         return _compact(data, keep=("tolerance",)) | self.extra
 
@@ -156,6 +158,12 @@ class Validation:
     def from_json(cls, data: Mapping[str, Any]) -> Validation:
         known, extra = _known(cls, data)
         return cls(**known, extra=extra)
+
+    def add_generation(self, check: dict[str, Any]) -> None:
+        """Fold the greedy-generation check in: its failures fail the validation."""
+        self.generation = check
+        self.failures = [*self.failures, *check["failures"]]
+        self.passed = self.passed and bool(check["passed"])
 
     @property
     def min_cosine(self) -> float | None:
@@ -246,6 +254,43 @@ class Accuracy:
 
 
 @dataclass
+class CacheLayer:
+    """One layer's key/value cache: the graph inputs it reads and the outputs it writes."""
+
+    past_key: str
+    past_value: str
+    present_key: str
+    present_value: str
+
+    def to_json(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass
+class DecoderSection:
+    """How to generate with a text-generation artifact (`modelkiln.generation`)."""
+
+    layers: list[CacheLayer]
+    pad_token_id: int
+    eos_token_ids: list[int] = field(default_factory=list)
+    bos_token_id: int | None = None
+    max_positions: int | None = None  # prompt + new tokens may not exceed it
+    golden: str | None = None  # file of prompts and the tokens transformers generated
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        data["layers"] = [layer.to_json() for layer in self.layers]
+        return data | self.extra
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DecoderSection:
+        known, extra = _known(cls, data)
+        known["layers"] = [CacheLayer(**layer) for layer in known["layers"]]
+        return cls(**known, extra=extra)
+
+
+@dataclass
 class Manifest:
     name: str
     task: str
@@ -263,6 +308,7 @@ class Manifest:
     cache: dict[str, Any] = field(default_factory=dict)  # build cache key, hit, model_from
     preprocessing: list[str] = field(default_factory=list)
     limits: dict[str, int] = field(default_factory=dict)  # largest size per named dimension
+    decoder: DecoderSection | None = None  # text generation: the cache and special tokens
     accuracy: Accuracy | None = None
     validation: Validation | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -302,6 +348,8 @@ class Manifest:
         }
         if self.limits:
             data["limits"] = self.limits
+        if self.decoder is not None:
+            data["decoder"] = self.decoder.to_json()
         if self.accuracy is not None:
             data["accuracy"] = self.accuracy.to_json()
         if self.validation is not None:
@@ -318,6 +366,7 @@ class Manifest:
         known, extra = _known(cls, data)
         inputs = known.pop("inputs")
         accuracy, validation = known.pop("accuracy", None), known.pop("validation", None)
+        decoder = known.pop("decoder", None)
         return cls(
             **known
             | {
@@ -336,6 +385,7 @@ class Manifest:
                     k: FileEntry(str(e["sha256"]), int(e["size"]))
                     for k, e in (data.get("files") or {}).items()
                 },
+                "decoder": None if decoder is None else DecoderSection.from_json(decoder),
                 "accuracy": None if accuracy is None else Accuracy.from_json(accuracy),
                 "validation": None if validation is None else Validation.from_json(validation),
             },

@@ -7,6 +7,7 @@ appears at its output path only after it validated.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from modelkiln.backends.registry import get_backend
 from modelkiln.cache import BuildCache
 from modelkiln.errors import UserInputError, ValidationError
 from modelkiln.exporter.specs import check_task
+from modelkiln.generation import check_generation
 from modelkiln.golden import save_golden
 from modelkiln.manifest import Manifest, Validation
 from modelkiln.precision.build import build_target
@@ -40,7 +42,7 @@ from modelkiln.precision.request import (
     with_precision,
 )
 from modelkiln.precision.search import probe_ms
-from modelkiln.prepare import Prepared, prepare
+from modelkiln.prepare import GENERATION, Prepared, prepare
 from modelkiln.progress import Progress
 from modelkiln.targets import Target, load_target
 from modelkiln.targets.shapes import common_ranges
@@ -200,6 +202,8 @@ def _build_one(
             with progress.stage("validate", f"validating {tgt.name} against the reference"):
                 session = backend.load(Artifact(stage, manifest))
                 report = built.validate(prepared, session.run)
+                if prepared.generation is not None:
+                    report.add_generation(check_generation(session, prepared.generation))
                 probe = probe_ms(session.run, prepared.samples[0][0], runs=5)
                 manifest.accuracy = built.accuracy(session.run)
             _raise_failures(built.target, report, manifest)
@@ -208,6 +212,8 @@ def _build_one(
         with progress.stage("finalize", "writing golden samples and manifest"):
             if validate:
                 save_golden(stage / GOLDEN, prepared.samples)
+            if prepared.generation is not None:
+                (stage / GENERATION).write_text(json.dumps(prepared.generation) + "\n")
             manifest.validation = report
             times = {**shared_times, **progress.times}
             manifest.timings = {k: round(v, 3) for k, v in times.items()}

@@ -19,17 +19,34 @@ import numpy as np
 
 from modelkiln.cache import BuildCache, CacheEntry
 from modelkiln.errors import UserInputError
-from modelkiln.exporter import sources, specs
+from modelkiln.exporter import decoder_spec, sources, specs
+from modelkiln.exporter.decoder import (
+    cache_layout,
+    decoder_runner,
+    golden_generation,
+    reference_steps,
+    trace_decoder,
+)
+from modelkiln.exporter.decoder_spec import cache_names
 from modelkiln.exporter.reference import onnx_runner, reference_samples, torch_runner
 from modelkiln.exporter.specs import TaskSpec, make_inputs, tensor_spec_of
 from modelkiln.exporter.trace import OutputSelector, trace
 from modelkiln.golden import GoldenSample
-from modelkiln.manifest import BackendSection, Manifest, PassRecord, SourceRecord
+from modelkiln.manifest import (
+    BackendSection,
+    CacheLayer,
+    DecoderSection,
+    Manifest,
+    PassRecord,
+    SourceRecord,
+)
 from modelkiln.progress import Progress
 from modelkiln.targets import Target
 from modelkiln.targets.shapes import clamp, validation_dims
 from modelkiln.tensors import Runner
 from modelkiln.versions import tool_versions
+
+GENERATION = "generation.json"  # a decoder artifact's prompts and the tokens to reproduce
 
 
 @dataclass
@@ -45,8 +62,9 @@ class Prepared:
     samples: list[GoldenSample]  # reference inputs and outputs at check_dims
     reference: str  # what produced the samples
     cache: dict[str, Any] = field(default_factory=dict)
-    check_dims: tuple[dict[str, int], ...] = ()  # validation shapes, inside every target's ranges
+    check_dims: tuple[dict[str, int], ...] = ()  # each sample's shape, inside the targets' ranges
     runner: Runner | None = None  # the reference model, once loaded
+    generation: dict[str, Any] | None = None  # decoders: prompts and transformers' tokens
 
     @property
     def preprocessing(self) -> list[Path]:
@@ -65,6 +83,17 @@ class Prepared:
         graph = self.model.graph
         decls = {d.name: d for d in self.spec.inputs}
         inputs = {v.name: tensor_spec_of(v) for v in graph.inputs}
+        info = self.spec.decoder
+        decoder = None
+        if info is not None:
+            decoder = DecoderSection(
+                layers=[CacheLayer(*names) for names in cache_names(info.layers)],
+                pad_token_id=info.pad_token_id,
+                eos_token_ids=list(info.eos_token_ids),
+                bos_token_id=info.bos_token_id,
+                max_positions=self.spec.limits.get("sequence"),
+                golden=GENERATION if self.generation is not None else None,
+            )
         return Manifest(
             name=name,
             created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -82,6 +111,7 @@ class Prepared:
             outputs={v.name: tensor_spec_of(v) for v in graph.outputs},
             preprocessing=[f.name for f in self.preprocessing],
             limits=dict(self.spec.limits),
+            decoder=decoder,
         )
 
     def probe_feeds(self, ranges: Mapping[str, tuple[int, int]]) -> dict[str, np.ndarray]:
@@ -117,6 +147,8 @@ def prepare(
             checkpoint, allow_pickle=allow_pickle, stock_architecture=stock_architecture
         )
         check_task_fits(source, task)
+        if isinstance(source, sources.HFCheckpoint):
+            _check_decoder_targets(task or specs.infer_task(source.config), targets)
         source_info = source.describe()  # hashes the weights
         parts = None
         model_entry = None  # a cache entry holding the model, with samples for other shapes
@@ -127,6 +159,9 @@ def prepare(
                 "config": hashlib.sha256((source.path / "config.json").read_bytes()).hexdigest(),
                 "task": task,
             }
+            generation_file = source.path / "generation_config.json"
+            if generation_file.is_file():  # its special tokens shape a decoder's reference
+                parts["generation"] = hashlib.sha256(generation_file.read_bytes()).hexdigest()
             entry = cache.get(_key(cache, parts, None))
             if entry is not None:
                 spec = TaskSpec.from_json(entry.meta["spec"])
@@ -148,13 +183,14 @@ def prepare(
                         samples=entry.samples() if reference else [],
                         reference=entry.meta["reference"],
                         cache={"key": entry.key, "hit": True},
-                        check_dims=dims,
+                        check_dims=tuple(entry.meta.get("sample_dims") or dims),
+                        generation=entry.meta.get("generation"),
                     )
         spec, model, runner = model_for(source, task)
         dims = check_dims_for(spec, targets)
     if model_entry is not None and reference:
         with progress.stage("reference", "running the reference (traced model from the cache)"):
-            samples = reference_samples(runner, spec, dims)
+            samples, sample_dims, generation = _reference(spec, model, runner, dims)
         prepared = Prepared(
             source,
             task,
@@ -164,8 +200,9 @@ def prepare(
             model_entry.meta["passes"],
             samples,
             model_entry.meta["reference"],
-            check_dims=dims,
+            check_dims=sample_dims,
             runner=runner,
+            generation=generation,
         )
     else:
         prepared = _trace_and_simplify(
@@ -181,11 +218,31 @@ def prepare(
                 "source": source_info,
                 "check_dims": [dict(d) for d in dims],
             }
+            if prepared.generation is not None:
+                meta["sample_dims"] = [dict(d) for d in prepared.check_dims]
+                meta["generation"] = prepared.generation
             cache.put(key, prepared.model, meta, prepared.samples)
         prepared.cache = {"key": key, "hit": False}
         if model_entry is not None:
             prepared.cache["model_from"] = model_entry.key
     return prepared
+
+
+def _check_decoder_targets(task: str, targets: Sequence[Target]) -> None:
+    """What text-generation artifacts do not support yet, refused before any weights load."""
+    if task != decoder_spec.TASK:
+        return
+    for target in targets:
+        if target.precision != "fp32":
+            raise UserInputError(
+                f"target '{target.name}': text-generation artifacts are built in fp32 only so "
+                f"far, not {target.precision}"
+            )
+        if target.shapes:
+            raise UserInputError(
+                f"target '{target.name}': [shapes] ranges are not supported for "
+                "text-generation artifacts yet"
+            )
 
 
 def check_dims_for(spec: TaskSpec, targets: Sequence[Target]) -> tuple[dict[str, int], ...]:
@@ -218,21 +275,48 @@ def _trace_and_simplify(
     progress: Progress,
     reference: bool,
 ) -> Prepared:
-    if not isinstance(source, sources.OnnxSource):
+    module = model
+    if spec.decoder is not None:
+        with progress.stage("trace", "tracing to ONNX (transformers.exporters, prefill + decode)"):
+            model = trace_decoder(module, spec, source.model_type)
+    elif not isinstance(source, sources.OnnxSource):
         with progress.stage("trace", "tracing to ONNX (torch.export, dynamo)"):
-            model = trace(model, spec, make_inputs(spec, spec.trace_dims), source.model_type)
+            model = trace(module, spec, make_inputs(spec, spec.trace_dims), source.model_type)
     with progress.stage("passes", "simplifying the graph"):
         from modelkiln.exporter.passes import simplify  # onnx-ir's passes: timed here
 
         model, log = simplify(model, dump_dir)
-    samples = []
+    samples: list[GoldenSample] = []
+    sample_dims, generation = dims, None
     if reference:
         with progress.stage("reference", "running the reference"):
-            samples = reference_samples(runner, spec, dims)
+            samples, sample_dims, generation = _reference(spec, module, runner, dims)
     origin = "onnx source (onnxruntime)" if isinstance(source, sources.OnnxSource) else "pytorch"
     return Prepared(
-        source, task, source_info, spec, model, log, samples, origin, check_dims=dims, runner=runner
+        source,
+        task,
+        source_info,
+        spec,
+        model,
+        log,
+        samples,
+        origin,
+        check_dims=sample_dims,
+        runner=runner,
+        generation=generation,
     )
+
+
+def _reference(
+    spec: TaskSpec, module: Any, runner: Runner, dims: Sequence[dict[str, int]]
+) -> tuple[list[GoldenSample], tuple[dict[str, int], ...], dict[str, Any] | None]:
+    """(samples, each sample's shape, generation golden): generated inputs through the
+    reference runner, or for decoders the prefill and decode steps of left-padded prompts
+    and transformers' own greedy generation."""
+    if spec.decoder is None:
+        return reference_samples(runner, spec, dims), tuple(dims), None
+    samples, step_dims = reference_steps(module, spec, dims)
+    return samples, tuple(step_dims), golden_generation(module, spec)
 
 
 def reference_for(
@@ -275,6 +359,12 @@ def model_for(source: sources.Source, task: str | None) -> tuple[TaskSpec, Any, 
         spec = specs.for_factory(source.example_inputs, source.options, source.n_outputs)
         return spec, module, torch_runner(module, spec.outputs)
     loaded = source.load_module(specs.auto_class_for(source.config, task))
-    spec = specs.for_hf(source.config, task, set(inspect.signature(loaded.forward).parameters))
+    forward_args = set(inspect.signature(loaded.forward).parameters)
+    if (task or specs.infer_task(source.config)) == decoder_spec.TASK:
+        spec = specs.for_hf(
+            source.config, task, forward_args, cache_layout(loaded), source.generation_config
+        )
+        return spec, loaded, decoder_runner(loaded, spec)
+    spec = specs.for_hf(source.config, task, forward_args)
     module = OutputSelector(loaded, tuple(d.name for d in spec.inputs), spec.outputs)
     return spec, module, torch_runner(module, spec.outputs)

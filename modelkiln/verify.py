@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from modelkiln.backends.base import Session
 from modelkiln.compare import Tolerance, compare_outputs, summarize
 from modelkiln.errors import BuildError, InferenceError
 from modelkiln.exporter.reference import compare_samples, reference_samples
+from modelkiln.generation import check_generation
 from modelkiln.golden import load_golden
 from modelkiln.precision.names import loosened
 from modelkiln.runtime import load
@@ -69,6 +71,15 @@ def verify_artifact(
             "passed": False,
             "problems": [f"{GOLDEN} is missing, although the manifest records a validation"],
         }
+    decoder = manifest.decoder
+    if decoder is not None and decoder.golden is not None:
+        golden_tokens = artifact.path / decoder.golden
+        try:
+            recorded = json.loads(golden_tokens.read_text())
+        except (OSError, ValueError) as exc:
+            checks["generation"] = {"passed": False, "problems": [f"{decoder.golden}: {exc}"]}
+        else:
+            checks["generation"] = check_generation(session, recorded)
     if reference is not None:
         checks["reference"] = _fresh_reference(
             artifact, session, reference, allow_pickle, stock_architecture

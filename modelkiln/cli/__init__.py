@@ -11,6 +11,7 @@ import click
 from modelkiln.cli.bench import bench
 from modelkiln.cli.cache import cache
 from modelkiln.cli.export import export
+from modelkiln.cli.generate import generate
 from modelkiln.cli.inspect import inspect
 from modelkiln.cli.targets import targets
 from modelkiln.cli.validate import validate
@@ -26,13 +27,14 @@ def main(debug: bool) -> None:
     kiln export CHECKPOINT -o OUT   trace, optimize, build and validate an artifact
     kiln validate ARTIFACT          re-check an artifact (files, golden outputs, reference)
     kiln inspect PATH               show what an artifact or .onnx file holds
+    kiln generate ARTIFACT PROMPT   generate text with a text-generation artifact
     kiln bench ARTIFACT...          measure latency and throughput (optionally vs PyTorch)
     kiln targets                    list the targets and whether this machine can build them
     kiln cache info|clear           show or empty the build cache
     """
 
 
-for command in (export, validate, inspect, bench, targets, cache):
+for command in (export, validate, inspect, generate, bench, targets, cache):
     main.add_command(command)
 
 

@@ -306,4 +306,10 @@ def _validation_line(report: Validation) -> str:
     text = f"passed on {len(report.checks)} shapes, max abs diff {report.max_abs_diff:.2e}"
     if report.min_cosine is not None:
         text += f", min cosine {report.min_cosine:.6f}"
+    if report.generation is not None:
+        check = report.generation
+        text += (
+            f"; {check['prompts']} prompts x {check['max_new_tokens']} greedy tokens equal to "
+            f"{check['reference']}"
+        )
     return text

@@ -65,6 +65,11 @@ def validate(
                 detail = f"skipped: {check['skipped']}"
             elif "max_abs_diff" in check:
                 detail = f"{len(check['checks'])} shapes, max abs diff {check['max_abs_diff']:.2e}"
+            elif name == "generation" and "prompts" in check:
+                detail = (
+                    f"{check['prompts']} prompts x {check['max_new_tokens']} greedy tokens "
+                    f"{'equal to' if check['passed'] else 'differ from'} {check['reference']}"
+                )
             err.print(f"{mark} {name} {escape(detail)}".rstrip())
             for problem in check.get("problems", []) + check.get("failures", []):
                 err.print(f"    {problem}", markup=False)

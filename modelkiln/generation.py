@@ -1,0 +1,179 @@
+"""Text generation over a decoder artifact's Session: prefill, then one token per step with
+the key/value cache fed back, torch-free.
+
+The graph takes `input_ids` [batch, sequence], `attention_mask` [batch, past + sequence],
+`position_ids` [batch, sequence] and per layer `past_key_values.{i}.key|value`
+[batch, kv_heads, past, head_dim]; it returns `logits` [batch, sequence, vocab] and
+`present.{i}.key|value` [batch, kv_heads, past + sequence, head_dim]. The same graph does the
+prefill (past length 0). Prompts are left-padded, and positions and masks are made exactly as
+transformers' `generate` makes them, so greedy decoding gives the same tokens.
+
+How the cache travels between steps is the session's business (`Session.cache_stepper`):
+the base session passes numpy arrays; ONNX Runtime keeps them as its own buffers (IOBinding),
+so the cache is never copied into Python between steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from modelkiln.errors import FeedError, UserInputError
+from modelkiln.manifest import DecoderSection
+from modelkiln.sampling import Sampling, TokenChooser
+
+Streamer = Callable[[np.ndarray], None]  # called with each step's new token per row
+
+
+class CacheStepper(Protocol):
+    """Runs a decoder one call at a time, keeping its key/value cache between calls; each
+    call returns the last position's logits [batch, vocab]."""
+
+    def prefill(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray: ...
+
+    def next(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray: ...
+
+
+class Decodable(Protocol):
+    """What generation needs of a session (`modelkiln.backends.base.Session` has it)."""
+
+    artifact: Any
+
+    def cache_stepper(self, decoder: DecoderSection) -> CacheStepper: ...
+
+
+@dataclass
+class Generated:
+    """`sequences`: prompt (left-padded) and new tokens per row; `new_tokens`: how many
+    steps ran; `prompt_length`: the padded prompt's length."""
+
+    sequences: np.ndarray
+    prompt_length: int
+
+    @property
+    def new_tokens(self) -> np.ndarray:
+        return self.sequences[:, self.prompt_length :]
+
+
+def left_pad(
+    prompts: Sequence[Sequence[int]] | np.ndarray, pad_token_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token id lists of different lengths as one left-padded batch and its mask."""
+    rows = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
+    if not rows or any(r.size == 0 for r in rows):
+        raise UserInputError("give at least one prompt, each of at least one token")
+    width = max(r.size for r in rows)
+    ids = np.full((len(rows), width), pad_token_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, width - row.size :] = row
+        mask[i, width - row.size :] = 1
+    return ids, mask
+
+
+def positions(mask: np.ndarray) -> np.ndarray:
+    """Position ids for a left-padded mask: 0.. on real tokens, 0 on padding, as transformers
+    5.24's `generate` makes them (older versions put 1 there; padding is masked either way)."""
+    pos = np.cumsum(mask, axis=-1) - 1
+    return np.where(mask == 0, 0, pos).astype(np.int64)
+
+
+def generate(
+    session: Decodable,
+    input_ids: Sequence[Sequence[int]] | np.ndarray,
+    attention_mask: np.ndarray | None = None,
+    *,
+    max_new_tokens: int,
+    sampling: Sampling | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    streamer: Streamer | None = None,
+) -> Generated:
+    """Generate up to `max_new_tokens` per row (rows that produced an end-of-sequence token
+    continue with the pad token, as in transformers). `input_ids` is a list of prompts of any
+    lengths (left-padded here), or a left-padded array with its `attention_mask`.
+    `eos_token_id` defaults to the artifact's; pass [] to never stop early."""
+    decoder = session.artifact.manifest.decoder
+    if decoder is None:
+        raise UserInputError(
+            f"{session.artifact.path} is a {session.artifact.manifest.task} artifact, not a "
+            "text-generation one: it has no key/value cache to generate with"
+        )
+    if max_new_tokens < 1:
+        raise UserInputError(f"max new tokens must be at least 1, got {max_new_tokens}")
+    if attention_mask is None:
+        ids, mask = left_pad(input_ids, decoder.pad_token_id)
+    else:
+        ids, mask = np.asarray(input_ids), np.asarray(attention_mask)
+        if ids.shape != mask.shape or ids.ndim != 2:
+            raise FeedError(
+                f"input_ids {list(ids.shape)} and attention_mask {list(mask.shape)} must both "
+                "be [batch, sequence]"
+            )
+    stops = decoder.eos_token_ids if eos_token_id is None else _ids(eos_token_id)
+    limit = decoder.max_positions
+    if limit is not None and ids.shape[1] + max_new_tokens > limit:
+        raise UserInputError(
+            f"a prompt of {ids.shape[1]} tokens plus {max_new_tokens} new ones exceeds the "
+            f"model's {limit} positions; shorten the prompt or ask for at most "
+            f"{max(limit - ids.shape[1], 0)} new tokens"
+        )
+    choose = TokenChooser(sampling or Sampling())
+    step = session.cache_stepper(decoder)
+    logits = step.prefill(ids, mask, positions(mask))
+    sequences = ids
+    finished = np.zeros(ids.shape[0], dtype=bool)
+    pos = positions(mask)[:, -1:]
+    for done in range(1, max_new_tokens + 1):
+        token = choose(sequences, logits)
+        token = np.where(finished, decoder.pad_token_id, token).astype(np.int64)
+        sequences = np.concatenate([sequences, token[:, None]], axis=1)
+        if streamer is not None:
+            streamer(token)
+        finished |= np.isin(token, stops)
+        if finished.all() or done == max_new_tokens:
+            break
+        mask = np.concatenate([mask, np.ones((mask.shape[0], 1), dtype=mask.dtype)], axis=1)
+        pos = pos + 1
+        logits = step.next(token[:, None], mask, pos)
+    return Generated(sequences, ids.shape[1])
+
+
+def _ids(value: int | Sequence[int]) -> list[int]:
+    return [int(value)] if isinstance(value, int | np.integer) else [int(v) for v in value]
+
+
+def check_generation(session: Decodable, golden: dict[str, Any]) -> dict[str, Any]:
+    """Greedy generation on the golden prompts must give exactly the recorded tokens (the
+    reference's own, e.g. transformers' generate); every differing prompt is listed."""
+    got = generate(
+        session,
+        golden["prompts"],
+        max_new_tokens=int(golden["max_new_tokens"]),
+        eos_token_id=golden.get("eos_token_ids", []),
+    ).sequences
+    expected = np.asarray(golden["sequences"], dtype=np.int64)
+    reference = golden.get("reference", "the reference")
+    failures = []
+    if got.shape != expected.shape:
+        failures.append(
+            f"generation: {got.shape[1]} tokens per row where {reference} made {expected.shape[1]}"
+        )
+    else:
+        for row, (ours, theirs) in enumerate(zip(got, expected, strict=True)):
+            differ = np.flatnonzero(ours != theirs)
+            if differ.size:
+                at = int(differ[0])
+                failures.append(
+                    f"generation of prompt {row}: token {at} is {int(ours[at])} where "
+                    f"{reference} has {int(theirs[at])} ({differ.size} tokens differ)"
+                )
+    return {
+        "passed": not failures,
+        "prompts": len(golden["prompts"]),
+        "max_new_tokens": int(golden["max_new_tokens"]),
+        "reference": reference,
+        "failures": failures,
+    }

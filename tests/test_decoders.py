@@ -1,0 +1,254 @@
+"""Decoder LLMs: text generation with a key/value cache, exported once per family to both
+built-in backends, held to transformers' own greedy tokens, and generated from torch-free.
+
+Four families run in CI (Llama: grouped-query attention with rotary positions; GPT-2: an
+`LMHeadModel` with learned positions; BLOOM: ALiBi, no position ids; Mistral: a sliding
+window); the other families of `decoder_models.FAMILIES` are `slow`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import decoder_models
+import numpy as np
+import pytest
+from conftest import assert_one_line_error, run_kiln
+
+import modelkiln
+from modelkiln.sampling import Sampling
+
+CI_FAMILIES = ("llama", "gpt2", "bloom", "mistral")
+SLOW_FAMILIES = tuple(f for f in decoder_models.FAMILIES if f not in CI_FAMILIES)
+TARGETS = ("cpu", "openvino-cpu")
+
+
+def _targets() -> list[str]:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return ["cpu"]
+    return list(TARGETS)
+
+
+def export_family(family: str, root: Path) -> dict[str, Path]:
+    """The family's checkpoint exported to every target from one trace (task inferred)."""
+    ckpt = decoder_models.build_decoder(family, root / f"{family}-ckpt")
+    targets = _targets()
+    args = [a for t in targets for a in ("--target", t)]
+    result = run_kiln("export", ckpt, *args, "--name", family, "-o", root / "out", "--json")
+    assert result.exit_code == 0, result.stderr
+    return {"ckpt": ckpt} | {t: root / "out" / f"{family}-{t}" for t in targets}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
+    root = tmp_path_factory.mktemp("decoders")
+    return {family: export_family(family, root / family) for family in CI_FAMILIES}
+
+
+def manifest(path: Path) -> dict[str, Any]:
+    return json.loads((path / "kiln.json").read_text())
+
+
+def check_artifact(family: str, path: Path) -> None:
+    """What every decoder artifact must be: the task inferred, our cache interface with the
+    model's own KV heads, prefill + 3 decode steps at two shapes matching PyTorch, and 32
+    greedy tokens equal to transformers' generate(); `kiln validate` replays them."""
+    m = manifest(path)
+    assert m["task"] == "text-generation"
+    config = decoder_models.FAMILIES[family]()
+    layers = config.num_hidden_layers
+    names = list(m["inputs"])
+    assert names[:2] == ["input_ids", "attention_mask"]
+    cache = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    assert names[-2 * layers :] == cache
+    assert list(m["outputs"]) == ["logits"] + [
+        c.replace("past_key_values", "present") for c in cache
+    ]
+    assert m["inputs"]["attention_mask"]["shape"] == ["batch", "total_sequence"]
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    if family != "falcon":  # Falcon's own code keeps every head in its cache
+        assert m["inputs"]["past_key_values.0.key"]["shape"][1] == heads
+    assert m["inputs"]["past_key_values.0.key"]["shape"][2] == "past_sequence"
+    validation = m["validation"]
+    assert validation["passed"] is True, validation["failures"]
+    steps = [c["dims"] for c in validation["checks"]]
+    assert len(steps) == 8 and {d["batch"] for d in steps} == {1, 2}
+    assert [d["past_sequence"] for d in steps[:4]] == [0, 9, 10, 11]  # prefill, then 3 steps
+    generation = validation["generation"]
+    assert generation["passed"] and generation["max_new_tokens"] == 32
+    assert generation["prompts"] == 2 and generation["reference"].startswith("transformers")
+    golden = json.loads((path / m["decoder"]["golden"]).read_text())
+    lengths = [len(p) for p in golden["prompts"]]
+    assert len(set(lengths)) == 2  # different lengths: one row is left-padded
+    check = run_kiln("validate", path, "--json")
+    assert check.exit_code == 0, check.stdout + check.stderr
+    assert json.loads(check.stdout)["checks"]["generation"]["passed"] is True
+
+
+@pytest.mark.parametrize("family", CI_FAMILIES)
+def test_decoder_exports_and_generates_like_transformers(exported, family: str) -> None:
+    for target in _targets():
+        check_artifact(family, exported[family][target])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", SLOW_FAMILIES)
+def test_more_decoder_families(tmp_path: Path, family: str) -> None:
+    paths = export_family(family, tmp_path)
+    for target in _targets():
+        check_artifact(family, paths[target])
+
+
+def test_sliding_window_size_is_folded_into_the_graph(exported) -> None:
+    m = manifest(exported["mistral"]["cpu"])
+    assert not any("sliding" in name for name in [*m["inputs"], *m["outputs"]])
+
+
+def test_model_without_position_ids_takes_none(exported) -> None:
+    assert "position_ids" not in manifest(exported["bloom"]["cpu"])["inputs"]
+    assert "position_ids" in manifest(exported["llama"]["cpu"])["inputs"]
+
+
+# --------------------------------------------------------------------------- runtime
+
+
+def golden(path: Path) -> dict[str, Any]:
+    return json.loads((path / "generation.json").read_text())
+
+
+def test_session_generate_reproduces_the_golden_tokens(exported) -> None:
+    for target in _targets():
+        path = exported["llama"][target]
+        recorded = golden(path)
+        session = modelkiln.load(path)
+        streamed: list[np.ndarray] = []
+        result = session.generate(
+            recorded["prompts"], max_new_tokens=32, streamer=streamed.append, eos_token_id=[]
+        )
+        sequences = np.asarray(recorded["sequences"])
+        width = sequences.shape[1]
+        assert np.array_equal(result.sequences[:, :width], sequences)  # eos never stops it here
+        assert len(streamed) == 32 and all(s.shape == (2,) for s in streamed)
+        assert np.array_equal(np.stack(streamed, axis=1), result.new_tokens)
+
+
+GENERATE_WITHOUT_TORCH = """
+import json, sys
+import modelkiln
+session = modelkiln.load(sys.argv[1])
+recorded = json.load(open(sys.argv[1] + "/generation.json"))
+out = session.generate(recorded["prompts"], max_new_tokens=recorded["max_new_tokens"],
+                       eos_token_id=recorded["eos_token_ids"])
+print(json.dumps({"equal": out.sequences.tolist() == recorded["sequences"],
+                  "heavy": sorted(m for m in ("torch", "transformers") if m in sys.modules)}))
+"""
+
+
+def test_generation_needs_neither_torch_nor_transformers(exported) -> None:
+    for target in _targets():
+        proc = subprocess.run(
+            [sys.executable, "-c", GENERATE_WITHOUT_TORCH, str(exported["gpt2"][target])],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"equal": True, "heavy": []}
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(exported) -> None:
+    session = modelkiln.load(exported["llama"]["cpu"])
+    prompts = golden(exported["llama"]["cpu"])["prompts"]
+
+    def run(sampling: Sampling | None) -> np.ndarray:
+        return session.generate(
+            prompts, max_new_tokens=12, sampling=sampling, eos_token_id=[]
+        ).new_tokens
+
+    greedy = run(None)
+    assert np.array_equal(run(Sampling(do_sample=True, top_k=1, seed=3)), greedy)
+    hot = Sampling(do_sample=True, temperature=5.0, top_p=0.95, seed=7)
+    assert np.array_equal(run(hot), run(hot))
+    assert not np.array_equal(run(hot), greedy)  # at temperature 5 over 128 ids: differs
+    penalized = run(Sampling(repetition_penalty=50.0))
+    for row in penalized:  # a huge penalty: no token repeats within the new ones
+        assert len(set(row.tolist())) == len(row)
+
+
+def test_kiln_generate_streams_text_and_ids(exported) -> None:
+    path = exported["llama"]["cpu"]
+    as_json = run_kiln("generate", path, "w5 w9 w20", "--max-new-tokens", "6", "--json")
+    assert as_json.exit_code == 0, as_json.stderr
+    record = json.loads(as_json.stdout)
+    assert record["prompt_ids"] == [5, 9, 20] and len(record["new_ids"]) <= 6
+    text = run_kiln("generate", path, "w5 w9 w20", "--max-new-tokens", "6")
+    assert text.exit_code == 0, text.stderr
+    assert text.stdout.strip() == record["text"]
+    assert "tokens/s" in text.stderr
+    ids = run_kiln("generate", path, "--ids", "5,9,20", "--max-new-tokens", "6")
+    assert ids.stdout.strip() == ",".join(map(str, record["new_ids"]))
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("args", "mentions"),
+    [
+        (["--ids", "5,6", "--max-new-tokens", "300"], ["256 positions", "at most 254"]),
+        (["--ids", "5,999"], ["token id 999", "vocabulary has 128 ids"]),
+        (["--ids", "5", "--temperature", "0"], ["temperature"]),
+        (["--ids", "5", "--top-p", "1.5"], ["top-p", "(0, 1]"]),
+        (["--ids", "5", "--max-new-tokens", "0"], ["--max-new-tokens"]),
+        (["--ids", "5,x"], ["--ids"]),
+        ([], ["PROMPT", "--ids"]),
+    ],
+    ids=[
+        "beyond-positions",
+        "id-outside-vocab",
+        "temperature-0",
+        "top-p",
+        "no-new-tokens",
+        "bad-ids",
+        "no-prompt",
+    ],  # fmt: skip
+)
+def test_bad_generate_requests_are_one_line(exported, args: list[str], mentions: list[str]) -> None:
+    result = run_kiln("generate", exported["llama"]["cpu"], *args)
+    assert_one_line_error(result, *mentions)
+
+
+def test_generate_on_an_encoder_artifact_is_refused(tiny_bert_artifact) -> None:
+    result = run_kiln("generate", tiny_bert_artifact.path, "--ids", "5")
+    assert_one_line_error(result, "feature-extraction", "text-generation")
+
+
+def test_text_generation_on_an_encoder_checkpoint_is_refused(tmp_path: Path, tiny_bert_dir) -> None:
+    out = tmp_path / "out" / "x"
+    result = run_kiln("export", tiny_bert_dir, "--task", "text-generation", "-o", out)
+    assert_one_line_error(result, "text-generation", "causal language-model head", "BertModel")
+    assert not (tmp_path / "out").exists()
+
+
+def test_reduced_precision_decoders_are_refused_before_loading(exported, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "x"
+    data = tmp_path / "eval.txt"
+    data.write_text("w5 w6\n")
+    result = run_kiln(
+        "export",
+        exported["llama"]["ckpt"],
+        "--precision",
+        "int8-dynamic",
+        "--eval",
+        data,
+        "-o",
+        out,
+    )
+    assert_one_line_error(result, "fp32 only", "int8-dynamic")
+    assert not (tmp_path / "out").exists()
