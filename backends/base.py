@@ -20,7 +20,7 @@ import numpy as np
 
 from modelkiln.artifact import Artifact
 from modelkiln.feed_checks import check_feeds
-from modelkiln.generation import CacheStepper, Generated, Streamer, generate
+from modelkiln.generation import ArrayCacheStepper, CacheStepper, Generated, Streamer, generate
 from modelkiln.manifest import BackendSection, DecoderSection
 from modelkiln.precision.names import Precision
 from modelkiln.sampling import Sampling
@@ -130,52 +130,7 @@ class Session:
 
     def cache_stepper(self, decoder: DecoderSection) -> CacheStepper:
         """Steps for generation; backends may keep the cache in their own buffers instead."""
-        return ArrayCacheStepper(self, decoder)
+        return ArrayCacheStepper(self.inputs, self.run, decoder)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.artifact.path} inputs={list(self.inputs)}>"
-
-
-class ArrayCacheStepper:
-    """The cache as numpy arrays passed through `Session.run` (every step checked)."""
-
-    def __init__(self, session: Session, decoder: DecoderSection) -> None:
-        self.session = session
-        self.decoder = decoder
-        self.cache: dict[str, np.ndarray] = {}
-
-    def prefill(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        self.cache = empty_cache(self.session.inputs, self.decoder, ids.shape[0])
-        return self.next(ids, mask, pos)
-
-    def next(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        feeds = {**step_feeds(self.session.inputs, ids, mask, pos), **self.cache}
-        out = self.session.run(feeds)
-        self.cache = {}
-        for layer in self.decoder.layers:
-            self.cache[layer.past_key] = out[layer.present_key]
-            self.cache[layer.past_value] = out[layer.present_value]
-        return out["logits"][:, -1]
-
-
-def step_feeds(
-    inputs: Mapping[str, TensorSpec], ids: np.ndarray, mask: np.ndarray, pos: np.ndarray
-) -> dict[str, np.ndarray]:
-    """A step's token inputs (position ids only for models that take them, e.g. not BLOOM)."""
-    feeds = {"input_ids": ids, "attention_mask": mask}
-    if "position_ids" in inputs:
-        feeds["position_ids"] = pos
-    return feeds
-
-
-def empty_cache(
-    inputs: Mapping[str, TensorSpec], decoder: DecoderSection, batch: int
-) -> dict[str, np.ndarray]:
-    """A past of length 0 for every cache input: the same graph then does the prefill."""
-    cache = {}
-    for layer in decoder.layers:
-        for name in (layer.past_key, layer.past_value):
-            spec = inputs[name]
-            _, heads, _, dim = spec.shape  # [batch, kv_heads, past, head_dim]
-            cache[name] = np.zeros((batch, int(heads), 0, int(dim)), dtype=spec.dtype)
-    return cache

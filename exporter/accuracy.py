@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from modelkiln.precision.budget import CLASSIFIERS
+from modelkiln.precision.budget import TOP1_TASKS
 
 Outputs = Mapping[str, np.ndarray]
 WORST = 5
@@ -83,7 +83,7 @@ def measure(
                 max_diff = float("inf")
             elif diff.size:
                 max_diff = max(max_diff, float(diff.max()))
-        if task in CLASSIFIERS:
+        if task in TOP1_TASKS:
             a, n = _agreement(
                 np.asarray(ref[output_names[0]]), np.asarray(cand[output_names[0]]), feed
             )
@@ -97,7 +97,7 @@ def measure(
         "samples": len(names),
         "max_abs_diff": float(f"{max_diff:.4g}"),
     }
-    if task in CLASSIFIERS:
+    if task in TOP1_TASKS:
         report["metric"] = "top1_agreement"
         report["top1_agreement"] = round(agree / total, 6) if total else None
         report["decisions"] = total

@@ -177,9 +177,10 @@ def _fit_encoding(
     what: str,
 ) -> dict[str, np.ndarray]:
     """The tokenizer's arrays restricted to the model's inputs, in its dtypes; inputs it does
-    not produce are filled like generated feeds, but only zeros and masks."""
+    not produce are filled like generated feeds, but only zeros, masks and positions. A
+    decoder's text is its prefill: no past (length 0), positions 0.. over the text."""
     feeds: dict[str, np.ndarray] = {}
-    dims: dict[str, int] = {}
+    dims: dict[str, int] = {"past_sequence": 0}
     missing = []
     for decl in spec.inputs:
         if decl.name not in encoded:
@@ -195,8 +196,10 @@ def _fit_encoding(
         dims.update(
             {a: n for a, n in zip(decl.axes, value.shape, strict=True) if isinstance(a, str)}
         )
+    if "sequence" in dims:
+        dims.setdefault("total_sequence", dims["sequence"])
     for decl in missing:
-        if decl.fill not in ("zeros", "mask"):
+        if decl.fill not in ("zeros", "mask", "positions"):
             made = ", ".join(k for k in encoded) or "nothing"
             raise CalibrationDataError(
                 f"{what} {path}: the tokenizer in {tokenizer_dir} does not produce input "
@@ -209,6 +212,9 @@ def _fit_encoding(
                 f"{what} {path}: cannot size input '{decl.name}' "
                 f"({describe_inputs([decl])}) from the tokenizer's output; give a .npz"
             )
+        if decl.fill == "positions":
+            feeds[decl.name] = np.broadcast_to(np.arange(shape[-1]), shape).astype(decl.dtype)
+            continue
         fill = np.zeros if decl.fill == "zeros" else np.ones  # one unpadded text: mask of ones
         feeds[decl.name] = fill(shape, dtype=decl.dtype)
     return {d.name: feeds[d.name] for d in spec.inputs}

@@ -15,7 +15,7 @@ so the cache is never copied into Python between steps.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ import numpy as np
 from modelkiln.errors import FeedError, UserInputError
 from modelkiln.manifest import DecoderSection
 from modelkiln.sampling import Sampling, TokenChooser
+from modelkiln.tensors import Runner, TensorSpec
 
 Streamer = Callable[[np.ndarray], None]  # called with each step's new token per row
 
@@ -101,6 +102,30 @@ def generate(
             f"{session.artifact.path} is a {session.artifact.manifest.task} artifact, not a "
             "text-generation one: it has no key/value cache to generate with"
         )
+    return generate_with(
+        session.cache_stepper(decoder),
+        decoder,
+        input_ids,
+        attention_mask,
+        max_new_tokens=max_new_tokens,
+        sampling=sampling,
+        eos_token_id=eos_token_id,
+        streamer=streamer,
+    )
+
+
+def generate_with(
+    step: CacheStepper,
+    decoder: DecoderSection,
+    input_ids: Sequence[Sequence[int]] | np.ndarray,
+    attention_mask: np.ndarray | None = None,
+    *,
+    max_new_tokens: int,
+    sampling: Sampling | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    streamer: Streamer | None = None,
+) -> Generated:
+    """`generate` over any cache stepper (a session's, or a reference model's runner)."""
     if max_new_tokens < 1:
         raise UserInputError(f"max new tokens must be at least 1, got {max_new_tokens}")
     if attention_mask is None:
@@ -121,7 +146,6 @@ def generate(
             f"{max(limit - ids.shape[1], 0)} new tokens"
         )
     choose = TokenChooser(sampling or Sampling())
-    step = session.cache_stepper(decoder)
     logits = step.prefill(ids, mask, positions(mask))
     sequences = ids
     finished = np.zeros(ids.shape[0], dtype=bool)
@@ -143,6 +167,55 @@ def generate(
 
 def _ids(value: int | Sequence[int]) -> list[int]:
     return [int(value)] if isinstance(value, int | np.integer) else [int(v) for v in value]
+
+
+class ArrayCacheStepper:
+    """The cache as numpy arrays passed through `run` (a session's checks every step, or a
+    reference model's runner)."""
+
+    def __init__(
+        self, inputs: Mapping[str, TensorSpec], run: Runner, decoder: DecoderSection
+    ) -> None:
+        self.inputs = inputs
+        self.run = run
+        self.decoder = decoder
+        self.cache: dict[str, np.ndarray] = {}
+
+    def prefill(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        self.cache = empty_cache(self.inputs, self.decoder, ids.shape[0])
+        return self.next(ids, mask, pos)
+
+    def next(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        feeds = {**step_feeds(self.inputs, ids, mask, pos), **self.cache}
+        out = self.run(feeds)
+        self.cache = {}
+        for layer in self.decoder.layers:
+            self.cache[layer.past_key] = out[layer.present_key]
+            self.cache[layer.past_value] = out[layer.present_value]
+        return out["logits"][:, -1]
+
+
+def step_feeds(
+    inputs: Mapping[str, TensorSpec], ids: np.ndarray, mask: np.ndarray, pos: np.ndarray
+) -> dict[str, np.ndarray]:
+    """A step's token inputs (position ids only for models that take them, e.g. not BLOOM)."""
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    if "position_ids" in inputs:
+        feeds["position_ids"] = pos
+    return feeds
+
+
+def empty_cache(
+    inputs: Mapping[str, TensorSpec], decoder: DecoderSection, batch: int
+) -> dict[str, np.ndarray]:
+    """A past of length 0 for every cache input: the same graph then does the prefill."""
+    cache = {}
+    for layer in decoder.layers:
+        for name in (layer.past_key, layer.past_value):
+            spec = inputs[name]
+            _, heads, _, dim = spec.shape  # [batch, kv_heads, past, head_dim]
+            cache[name] = np.zeros((batch, int(heads), 0, int(dim)), dtype=spec.dtype)
+    return cache
 
 
 def check_generation(session: Decodable, golden: dict[str, Any]) -> dict[str, Any]:

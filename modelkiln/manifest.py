@@ -188,6 +188,7 @@ class Accuracy:
     cosine: dict[str, Any] | None = None  # min, mean, pooling
     top1_agreement: float | None = None  # None also when there were no decisions
     decisions: int | None = None
+    greedy: dict[str, Any] | None = None  # decoders: greedy tokens vs fp32's (agreement)
     worst: list[dict[str, Any]] = field(default_factory=list)
     reference: str | None = None
     budget: dict[str, Any] | None = None  # min_cosine, min_top1_agreement, source
@@ -208,6 +209,7 @@ class Accuracy:
         "cosine",
         "top1_agreement",
         "decisions",
+        "greedy",
         "worst",
         "reference",
         "budget",
@@ -239,6 +241,11 @@ class Accuracy:
     def headline(self) -> str:
         """One line for tables and logs."""
         text = self.short(worded=True)
+        if self.greedy and self.greedy.get("agreement") is not None:
+            text += (
+                f", greedy tokens {self.greedy['agreement']:.4f} equal "
+                f"({self.greedy['new_tokens']} per prompt)"
+            )
         if self.worst:
             text += f", worst: {self.worst[0]['name']!r}"
         return f"{text} over {self.samples} samples"

@@ -28,7 +28,6 @@ from modelkiln.backends.registry import get_backend
 from modelkiln.cache import BuildCache
 from modelkiln.errors import UserInputError, ValidationError
 from modelkiln.exporter.specs import check_task
-from modelkiln.generation import check_generation
 from modelkiln.golden import save_golden
 from modelkiln.manifest import Manifest, Validation
 from modelkiln.precision.build import build_target
@@ -192,6 +191,7 @@ def _build_one(
     evaluation: Evaluation | None,
 ) -> ExportResult:
     probe = None
+    golden_tokens: dict[str, Any] | None = None
     with staging(out, force) as stage:
         built = build_target(prepared, tgt, backend, stage, out, options, evaluation, progress)
         for f in prepared.preprocessing:
@@ -202,18 +202,20 @@ def _build_one(
             with progress.stage("validate", f"validating {tgt.name} against the reference"):
                 session = backend.load(Artifact(stage, manifest))
                 report = built.validate(prepared, session.run)
+                golden_tokens = None
                 if prepared.generation is not None:
-                    report.add_generation(check_generation(session, prepared.generation))
+                    golden_tokens, check = built.generation(prepared, session)
+                    report.add_generation(check)
                 probe = probe_ms(session.run, prepared.samples[0][0], runs=5)
-                manifest.accuracy = built.accuracy(session.run)
+                manifest.accuracy = built.accuracy(session)
             _raise_failures(built.target, report, manifest)
         else:
             report = Validation.skipped_because("--no-validate")
         with progress.stage("finalize", "writing golden samples and manifest"):
             if validate:
                 save_golden(stage / GOLDEN, prepared.samples)
-            if prepared.generation is not None:
-                (stage / GENERATION).write_text(json.dumps(prepared.generation) + "\n")
+            if validate and golden_tokens is not None:
+                (stage / GENERATION).write_text(json.dumps(golden_tokens) + "\n")
             manifest.validation = report
             times = {**shared_times, **progress.times}
             manifest.timings = {k: round(v, 3) for k, v in times.items()}

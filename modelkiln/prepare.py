@@ -83,17 +83,6 @@ class Prepared:
         graph = self.model.graph
         decls = {d.name: d for d in self.spec.inputs}
         inputs = {v.name: tensor_spec_of(v) for v in graph.inputs}
-        info = self.spec.decoder
-        decoder = None
-        if info is not None:
-            decoder = DecoderSection(
-                layers=[CacheLayer(*names) for names in cache_names(info.layers)],
-                pad_token_id=info.pad_token_id,
-                eos_token_ids=list(info.eos_token_ids),
-                bos_token_id=info.bos_token_id,
-                max_positions=self.spec.limits.get("sequence"),
-                golden=GENERATION if self.generation is not None else None,
-            )
         return Manifest(
             name=name,
             created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -111,7 +100,21 @@ class Prepared:
             outputs={v.name: tensor_spec_of(v) for v in graph.outputs},
             preprocessing=[f.name for f in self.preprocessing],
             limits=dict(self.spec.limits),
-            decoder=decoder,
+            decoder=self.decoder_section(),
+        )
+
+    def decoder_section(self) -> DecoderSection | None:
+        """How to generate with this model (None: not a decoder)."""
+        info = self.spec.decoder
+        if info is None:
+            return None
+        return DecoderSection(
+            layers=[CacheLayer(*names) for names in cache_names(info.layers)],
+            pad_token_id=info.pad_token_id,
+            eos_token_ids=list(info.eos_token_ids),
+            bos_token_id=info.bos_token_id,
+            max_positions=self.spec.limits.get("sequence"),
+            golden=GENERATION if self.generation is not None else None,
         )
 
     def probe_feeds(self, ranges: Mapping[str, tuple[int, int]]) -> dict[str, np.ndarray]:
@@ -184,7 +187,7 @@ def prepare(
                         reference=entry.meta["reference"],
                         cache={"key": entry.key, "hit": True},
                         check_dims=tuple(entry.meta.get("sample_dims") or dims),
-                        generation=entry.meta.get("generation"),
+                        generation=entry.meta.get("generation") if reference else None,
                     )
         spec, model, runner = model_for(source, task)
         dims = check_dims_for(spec, targets)
@@ -233,11 +236,6 @@ def _check_decoder_targets(task: str, targets: Sequence[Target]) -> None:
     if task != decoder_spec.TASK:
         return
     for target in targets:
-        if target.precision != "fp32":
-            raise UserInputError(
-                f"target '{target.name}': text-generation artifacts are built in fp32 only so "
-                f"far, not {target.precision}"
-            )
         if target.shapes:
             raise UserInputError(
                 f"target '{target.name}': [shapes] ranges are not supported for "

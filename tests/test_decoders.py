@@ -236,19 +236,47 @@ def test_text_generation_on_an_encoder_checkpoint_is_refused(tmp_path: Path, tin
     assert not (tmp_path / "out").exists()
 
 
-def test_reduced_precision_decoders_are_refused_before_loading(exported, tmp_path: Path) -> None:
+def test_shape_ranges_for_decoders_are_refused_before_loading(exported, tmp_path: Path) -> None:
+    target = tmp_path / "short.toml"
+    target.write_text('backend = "onnxruntime"\n[shapes.sequence]\nmin = 1\nopt = 8\nmax = 16\n')
     out = tmp_path / "out" / "x"
-    data = tmp_path / "eval.txt"
-    data.write_text("w5 w6\n")
-    result = run_kiln(
-        "export",
-        exported["llama"]["ckpt"],
-        "--precision",
-        "int8-dynamic",
-        "--eval",
-        data,
-        "-o",
-        out,
-    )
-    assert_one_line_error(result, "fp32 only", "int8-dynamic")
+    result = run_kiln("export", exported["llama"]["ckpt"], "--target", target, "-o", out)
+    assert_one_line_error(result, "[shapes]", "text-generation")
     assert not (tmp_path / "out").exists()
+
+
+EVAL_TEXTS = ["w5 w6 w7 w8", "w10 w20 w30", "w40 w41 w42 w43 w44 w45", "w100", "w3 w4 w99 w12 w77"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_int4_weights_decoder_is_measured_on_the_decoder_task(
+    exported, tmp_path: Path, target: str
+) -> None:
+    """Next-token top-1 agreement and greedy-token agreement with fp32 on evaluation prompts;
+    its golden tokens are its own (they differ from fp32's by design), replayed by validate."""
+    if target not in _targets():
+        pytest.skip("openvino is not installed")
+    data = tmp_path / "eval.txt"
+    data.write_text("\n".join(EVAL_TEXTS) + "\n")
+    out = tmp_path / "int4"
+    result = run_kiln(
+        "export", exported["llama"]["ckpt"], "--target", target, "--precision", "int4-weights",
+        "--eval", data, "--min-top1-agreement", "0.3", "-o", out, "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    m = manifest(out)
+    accuracy = m["accuracy"]
+    assert accuracy["metric"] == "top1_agreement" and accuracy["samples"] == len(EVAL_TEXTS)
+    tokens = sum(len(t.split()) for t in EVAL_TEXTS)
+    assert accuracy["decisions"] == tokens  # one next-token decision per prompt token
+    assert 0.3 <= accuracy["top1_agreement"] <= 1.0
+    greedy = accuracy["greedy"]
+    assert greedy["new_tokens"] == 16 and 0.0 <= greedy["agreement"] <= 1.0
+    assert accuracy["budget"]["min_top1_agreement"] == 0.3
+    generation = m["validation"]["generation"]
+    assert (
+        generation["passed"] and "this artifact at build (int4-weights)" in generation["reference"]
+    )
+    assert json.loads((out / "generation.json").read_text())["reference"] == generation["reference"]
+    assert run_kiln("validate", out).exit_code == 0
+    assert m["backend"]["quantization"]["precision"] == "int4-weights"

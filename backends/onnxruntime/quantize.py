@@ -45,13 +45,20 @@ FP16_BLOCKED = (
 def _quiet() -> Iterator[None]:
     """The quantization tools log advice and progress on the root logger; modelkiln reports
     what matters itself."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    # The root logger, and ORT's quantizers' own loggers (MatMulNBits logs every node at INFO).
+    loggers = [logging.getLogger()] + [
+        logging.getLogger(name)
+        for name in list(logging.root.manager.loggerDict)
+        if name.startswith("onnxruntime.quantization")
+    ]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        root.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 class _Reader:

@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 
 from modelkiln.artifact import Artifact
-from modelkiln.backends.base import Session, empty_cache, step_feeds
+from modelkiln.backends.base import Session
 from modelkiln.backends.registry import install_hint
 from modelkiln.errors import BackendUnavailable, BuildError, InferenceError, first_line
-from modelkiln.generation import CacheStepper
+from modelkiln.generation import CacheStepper, empty_cache, step_feeds
 from modelkiln.manifest import DecoderSection
 
 

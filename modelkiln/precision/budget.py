@@ -14,6 +14,8 @@ from modelkiln.errors import UserInputError
 
 BUDGET_KEYS = ("min_cosine", "min_top1_agreement")
 CLASSIFIERS = ("text-classification", "image-classification", "token-classification")
+# Tasks judged by top-1 agreement with fp32: classifiers' decisions, decoders' next tokens.
+TOP1_TASKS = (*CLASSIFIERS, "text-generation")
 # A quantized artifact built without a budget must still not be broken: this catches a
 # quantization that went wrong, not one that is merely less accurate than wanted.
 DEFAULT_FLOOR = 0.95
@@ -68,10 +70,10 @@ class Budget:
 
     def fits(self, task: str) -> None:
         """Refuse a budget the task cannot be measured by, before any slow work."""
-        if self.min_top1_agreement is not None and task not in CLASSIFIERS:
+        if self.min_top1_agreement is not None and task not in TOP1_TASKS:
             raise UserInputError(
-                f"--min-top1-agreement applies to classifiers ({', '.join(CLASSIFIERS)}); "
-                f"this model's task is {task}: use --min-cosine"
+                f"--min-top1-agreement applies to classifiers and decoders "
+                f"({', '.join(TOP1_TASKS)}); this model's task is {task}: use --min-cosine"
             )
 
     def text(self) -> str:
@@ -88,7 +90,7 @@ class Budget:
 
 def default_floor(task: str) -> Budget:
     """What a quantized artifact must keep when nobody set a budget."""
-    if task in CLASSIFIERS:
+    if task in TOP1_TASKS:
         return Budget(min_top1_agreement=DEFAULT_FLOOR)
     return Budget(min_cosine=DEFAULT_FLOOR)
 

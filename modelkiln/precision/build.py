@@ -8,12 +8,14 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from modelkiln.backends.base import Backend
 from modelkiln.compare import Tolerance
 from modelkiln.exporter.reference import compare_samples
+from modelkiln.generation import check_generation, generate
 from modelkiln.manifest import Accuracy, BackendSection, Validation
 from modelkiln.precision.budget import default_floor
 from modelkiln.precision.candidates import build_request
@@ -70,7 +72,29 @@ class Built:
         report |= {"tolerance_source": REPLAY_TOLERANCE_SOURCE, "reference": prepared.reference}
         return Validation.from_json(report)
 
-    def accuracy(self, run: Runner) -> Accuracy | None:
+    def generation(self, prepared: Prepared, session: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(golden tokens for the artifact, the check for its validation) of a decoder. An
+        fp32/half artifact must make transformers' tokens exactly; a quantized one differs
+        by design (its agreement with fp32 is in the accuracy section), so its golden tokens
+        are its own at build: `kiln validate` then checks it still generates as built."""
+        golden = prepared.generation
+        assert golden is not None
+        if not is_quantized(self.target.precision):
+            return golden, check_generation(session, golden)
+        own = generate(
+            session,
+            golden["prompts"],
+            max_new_tokens=int(golden["max_new_tokens"]),
+            eos_token_id=golden["eos_token_ids"],
+        )
+        recorded = {
+            **golden,
+            "sequences": own.sequences.tolist(),
+            "reference": f"this artifact at build ({self.target.precision})",
+        }
+        return recorded, check_generation(session, recorded)
+
+    def accuracy(self, session: Any) -> Accuracy | None:
         """The manifest's accuracy section where accuracy is the evidence (quantized and
         auto always, fp16/bf16 when data was given), checked against the budget: the user's,
         else a floor for quantized precisions."""
@@ -80,7 +104,7 @@ class Built:
             return None
         chosen = self.search.chosen if self.search is not None else None
         measured = chosen.accuracy if chosen is not None and chosen.accuracy else None
-        report = measured or evaluation.measure(run)
+        report = measured or evaluation.measure(session)
         budget = effective_budget(options, target)
         source: str | None = budget_source(options)
         if budget.empty and is_quantized(target.precision):

@@ -78,7 +78,7 @@ class Search:
         target = dataclasses.replace(self.target, precision=precision)
         request = build_request(self.prepared, target, self.backend, folder, self.evaluation, keep)
         section, session = build_and_open(self.prepared, self.backend, request)
-        return section, self.evaluation.measure(session.run), session
+        return section, self.evaluation.measure(session), session
 
     def try_one(self, precision: str, keep: tuple[str, ...] = ()) -> Candidate:
         folder = self.workdir / f"{len(self.candidates):02d}-{precision}"
