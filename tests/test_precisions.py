@@ -209,3 +209,36 @@ def test_openvino_keep_float_bypasses_only_the_named_nodes(tiny_bert_artifact: E
     assert name not in fq_fed(mixed)
     assert fq_fed(mixed) == before - {name}
     assert fq_fed(quantized) == before  # the calibrated model itself is untouched
+
+
+def test_int4_block_size_and_accuracy_level_are_target_options(
+    tiny_bert_artifact: Exported, tmp_path: Path
+) -> None:
+    from modelkiln.errors import UserInputError
+
+    backend = OnnxRuntimeBackend()
+    options = {"int4_block_size": 64, "int4_accuracy_level": 0}
+    target = Target(name="t", backend="onnxruntime", precision="int4-weights", options=options)
+    backend.check(target)
+    section = backend.build(BuildRequest(fp32_model(tiny_bert_artifact), target, tmp_path))
+    record = section.get("quantization")
+    assert (record["block_size"], record["accuracy_level"]) == (64, 0)
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert nbits and all({a.name: a.i for a in n.attribute}["block_size"] == 64 for n in nbits)
+    default = Target(name="d", backend="onnxruntime", precision="int4-weights")
+    out = tmp_path / "default"
+    out.mkdir()
+    record = backend.build(BuildRequest(fp32_model(tiny_bert_artifact), default, out))
+    assert (
+        record.get("quantization")["block_size"],
+        record.get("quantization")["accuracy_level"],
+    ) == (32, 4)
+    for bad, message in (
+        ({"int4_block_size": 48}, "int4_block_size"),
+        ({"int4_accuracy_level": 3}, "0, 1, 2 or 4"),
+    ):
+        with pytest.raises(UserInputError, match=message):
+            backend.check(
+                Target(name="b", backend="onnxruntime", precision="int4-weights", options=bad)
+            )

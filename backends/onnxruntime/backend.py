@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelkiln.backends.base import BuildRequest
-from modelkiln.backends.onnxruntime.quantize import quantize
+from modelkiln.backends.onnxruntime.quantize import Int4Settings, quantize
 from modelkiln.backends.onnxruntime.session import OnnxRuntimeSession
 from modelkiln.backends.registry import install_hint
 from modelkiln.backends.target_checks import (
@@ -23,7 +23,7 @@ from modelkiln.backends.target_checks import (
     option_choice,
     option_whole_number,
 )
-from modelkiln.errors import BackendUnavailable
+from modelkiln.errors import BackendUnavailable, UserInputError
 from modelkiln.manifest import BackendSection
 from modelkiln.precision.names import Precision
 
@@ -35,7 +35,13 @@ MODEL_FILE = "model.onnx"
 WEIGHTS_FILE = "model.onnx.data"
 DEFAULT_EXTERNAL_DATA_THRESHOLD = 1 << 30  # protobuf cannot hold more than 2 GiB
 LEVELS = ("disable", "basic", "extended", "all")
-OPTIONS = {"graph_optimization_level", "external_data_threshold_bytes"}
+OPTIONS = {
+    "graph_optimization_level",
+    "external_data_threshold_bytes",
+    "int4_block_size",
+    "int4_accuracy_level",
+}
+BLOCK_SIZES = (16, 32, 64, 128, 256)
 DEVICES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # Every precision this backend builds, in the order `--precision auto` tries them.
 PRECISIONS = (
@@ -45,6 +51,23 @@ PRECISIONS = (
     Precision.INT8_STATIC,
     Precision.INT4_WEIGHTS,
 )
+
+
+def _int4_settings(target: Target) -> Int4Settings:
+    """`int4_block_size` (16..256, a power of two) and `int4_accuracy_level` (0, 1, 2, 4)."""
+    default = Int4Settings()
+    block = option_whole_number(target, "int4_block_size", default.block_size, minimum=16)
+    if block not in BLOCK_SIZES:
+        raise UserInputError(
+            f"target '{target.name}': int4_block_size must be one of "
+            f"{', '.join(map(str, BLOCK_SIZES))}, got {block}"
+        )
+    level = option_whole_number(target, "int4_accuracy_level", default.accuracy_level)
+    if level not in (0, 1, 2, 4):
+        raise UserInputError(
+            f"target '{target.name}': int4_accuracy_level must be 0, 1, 2 or 4, got {level}"
+        )
+    return Int4Settings(block, level)
 
 
 class OnnxRuntimeBackend:
@@ -65,6 +88,7 @@ class OnnxRuntimeBackend:
         check_options(target, self.name, OPTIONS)
         option_choice(target, "graph_optimization_level", LEVELS, "all")
         option_whole_number(target, "external_data_threshold_bytes", 0)
+        _int4_settings(target)
         check_precision(target, self.name, PRECISIONS)
         check_device(target, self.name, DEVICES)
         provider = DEVICES[target.device]
@@ -87,6 +111,7 @@ class OnnxRuntimeBackend:
                 calibration=request.calibration,
                 keep=sorted(request.keep_float),
                 calibration_cache=self._calibration_cache(request),
+                int4=_int4_settings(target),
             )
             return self._section(target, {"model": MODEL_FILE}, quantization=record)
         threshold = int(

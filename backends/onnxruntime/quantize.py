@@ -19,6 +19,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,16 @@ class _Reader:
         self._it = iter(self._samples)
 
 
+@dataclass(frozen=True)
+class Int4Settings:
+    """MatMulNBits' block size (weights per scale) and accuracy level: the precision its
+    kernels compute in (0: ORT's default, fp32; 4: int8 activations, the fastest on CPUs,
+    e.g. 1.2x over fp32 compute on AVX2 for a 135M-parameter decoder)."""
+
+    block_size: int = 32
+    accuracy_level: int = 4
+
+
 def quantize(
     proto: Any,
     precision: str,
@@ -84,6 +95,7 @@ def quantize(
     calibration: Sequence[Mapping[str, np.ndarray]] = (),
     keep: Sequence[str] = (),
     calibration_cache: Path | None = None,
+    int4: Int4Settings | None = None,
 ) -> dict[str, Any]:
     """Write `proto` at `precision` to `out_file`; returns what the manifest records.
 
@@ -108,7 +120,7 @@ def quantize(
                         raise BuildError("int8-static needs calibration samples")
                     record |= _int8_static(source, out_file, calibration, keep, calibration_cache)
                 elif precision == "int4-weights":
-                    record |= _int4_weights(source, out_file, keep)
+                    record |= _int4_weights(source, out_file, keep, int4 or Int4Settings())
                 else:
                     raise BuildError(f"onnxruntime cannot build precision {precision}")
         except BuildError:
@@ -198,21 +210,29 @@ def _int8_static(
     }
 
 
-def _int4_weights(source: Path, out_file: Path, keep: Sequence[str]) -> dict[str, Any]:
+def _int4_weights(
+    source: Path, out_file: Path, keep: Sequence[str], settings: Int4Settings
+) -> dict[str, Any]:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    block = 32
     quantizer = MatMulNBitsQuantizer(
         onnx.load(str(source)),
         bits=4,
-        block_size=block,
+        block_size=settings.block_size,
         is_symmetric=True,
+        accuracy_level=settings.accuracy_level or None,
         nodes_to_exclude=list(keep),
     )
     quantizer.process()
     quantizer.model.save_model_to_file(str(out_file), use_external_data_format=False)
-    return {"tool": "MatMulNBits", "bits": 4, "block_size": block, "symmetric": True}
+    return {
+        "tool": "MatMulNBits",
+        "bits": 4,
+        "block_size": settings.block_size,
+        "accuracy_level": settings.accuracy_level,
+        "symmetric": True,
+    }
 
 
 def _float_inputs(path: Path, keep: Sequence[str]) -> None:
