@@ -280,3 +280,36 @@ def test_int4_weights_decoder_is_measured_on_the_decoder_task(
     assert json.loads((out / "generation.json").read_text())["reference"] == generation["reference"]
     assert run_kiln("validate", out).exit_code == 0
     assert m["backend"]["quantization"]["precision"] == "int4-weights"
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def test_bench_measures_tokens_per_second_against_pytorch(exported) -> None:
+    path, ckpt = exported["llama"]["cpu"], exported["llama"]["ckpt"]
+    result = run_kiln(
+        "bench", path, "--baseline", ckpt, "--batch", "1,2", "--seq", "12", "--new-tokens", "6",
+        "--rounds", "2", "--json", "-",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["schema"] == "modelkiln.bench.generate/1"
+    assert report["settings"]["prompt_tokens"] == 12 and report["settings"]["new_tokens"] == 6
+    rows = {(r["subject"], r["batch"]): r for r in report["results"]}
+    assert set(rows) == {(s, b) for s in ("pytorch", str(path)) for b in (1, 2)}
+    for row in rows.values():
+        assert row["ttft_ms"]["p50"] > 0 and row["decode_tokens_per_s"]["p50"] > 0
+        assert len(row["rounds"]["ttft_ms"]) == 2
+    comparisons = {c["batch"]: c for c in report["comparisons"]}
+    assert set(comparisons) == {1, 2}
+    ours, theirs = rows[(str(path), 1)], rows[("pytorch", 1)]
+    expected = ours["decode_tokens_per_s"]["p50"] / theirs["decode_tokens_per_s"]["p50"]
+    assert comparisons[1]["decode_speedup"] == pytest.approx(expected, rel=1e-2)
+    assert "decode vs PyTorch" in result.stderr  # the table, beside the JSON on stdout
+
+
+def test_bench_refuses_mixing_decoders_with_other_artifacts(exported, tiny_bert_artifact) -> None:
+    result = run_kiln("bench", exported["llama"]["cpu"], tiny_bert_artifact.path, "--rounds", "1")
+    assert_one_line_error(result, "text-generation", "not both")
+    result = run_kiln("bench", tiny_bert_artifact.path, "--new-tokens", "8", "--rounds", "1")
+    assert_one_line_error(result, "--new-tokens", "text-generation")

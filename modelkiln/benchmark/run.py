@@ -36,6 +36,7 @@ import numpy as np
 import modelkiln.benchmark.plan as plan
 import modelkiln.benchmark.subjects as subjects_mod
 from modelkiln.artifact import Artifact
+from modelkiln.benchmark.generation import bench_generation
 from modelkiln.benchmark.measure import (
     Config,
     OtherLoad,
@@ -99,6 +100,7 @@ def bench(
     allow_pickle: bool = False,
     stock_architecture: bool = False,
     vs_openvino: bool = False,
+    new_tokens: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Measure each artifact (and `baseline`, a checkpoint run in PyTorch eager) at every
@@ -110,6 +112,10 @@ def bench(
     the baseline checkpoint, as for `kiln export`. `vs_openvino` adds the baseline converted by
     OpenVINO itself (`ov.convert_model`, default settings) as one more subject, so an
     OpenVINO artifact can be compared with OpenVINO's own route in the same run.
+
+    Text-generation artifacts are measured by generating instead
+    (`modelkiln.benchmark.generation`): `seq` is the prompt length (one), `new_tokens` the
+    tokens per row, and the report has the schema `modelkiln.bench.generate/1`.
     """
     if isinstance(artifacts, str | os.PathLike):
         artifacts = [artifacts]
@@ -123,12 +129,42 @@ def bench(
         label: subjects_mod.prepare_backend(a, label)
         for a, label in zip(opened, labels, strict=True)
     }
-    if seq is not None:
-        plan.check_seq_used((lb, a.inputs) for lb, a in zip(labels, opened, strict=True))
     if baseline is not None:
         subjects_mod.check_checkpoint(baseline)
     elif vs_openvino:
         raise UserInputError("--vs-openvino needs --baseline: the checkpoint OpenVINO converts")
+    decoders = [a.manifest.decoder is not None for a in opened]
+    if any(decoders):
+        if not all(decoders):
+            raise UserInputError(
+                "kiln bench measures text-generation artifacts (tokens/s) or others (latency), "
+                "not both in one run"
+            )
+        if seq is not None and len(seq) > 1:
+            raise UserInputError("--seq takes one prompt length for text-generation artifacts")
+        if vs_openvino or shapes:
+            raise UserInputError(
+                "--vs-openvino and --shape do not apply to text-generation artifacts"
+            )
+        return bench_generation(
+            opened,
+            labels,
+            baseline=baseline,
+            batch=batch,
+            prompt_tokens=seq[0] if seq else None,
+            new_tokens=new_tokens,
+            threads=threads,
+            warmup=warmup,
+            rounds=rounds,
+            seed=seed,
+            allow_pickle=allow_pickle,
+            stock_architecture=stock_architecture,
+            say=say,
+        )
+    if new_tokens is not None:
+        raise UserInputError("--new-tokens applies to text-generation artifacts only")
+    if seq is not None:
+        plan.check_seq_used((lb, a.inputs) for lb, a in zip(labels, opened, strict=True))
     threads = threads or usable_cores()
     notes: list[str] = []
     subjects = []

@@ -9,6 +9,8 @@ import click
 
 import modelkiln.benchmark.plan as plan
 from modelkiln.artifact import blocking_file
+from modelkiln.benchmark.generation import SCHEMA as GENERATION_SCHEMA
+from modelkiln.benchmark.generation import text_table as generation_table
 from modelkiln.benchmark.report import check_plot_available, plot, text_table
 from modelkiln.benchmark.run import bench as run_bench
 from modelkiln.cli.common import err, handle_errors, out, stock_architecture_option
@@ -58,6 +60,13 @@ def _check_writable(path: Path, option: str) -> None:
     help="Seconds measured per configuration, split over the rounds.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for inputs and order.")
+@click.option(
+    "--new-tokens",
+    type=int,
+    default=None,
+    help="Text-generation artifacts: tokens generated per row (the prompt is --seq tokens).  "
+    "[default: 64]",
+)
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle weights in --baseline.")
 @stock_architecture_option("--baseline")
 @click.option(
@@ -93,6 +102,7 @@ def bench(
     rounds: int,
     min_time: float,
     seed: int,
+    new_tokens: int | None,
     allow_pickle: bool,
     stock_architecture: bool,
     vs_openvino: bool,
@@ -140,20 +150,26 @@ def bench(
         allow_pickle=allow_pickle,
         stock_architecture=stock_architecture,
         vs_openvino=vs_openvino,
+        new_tokens=new_tokens,
         progress=progress,
+    )
+    table = (
+        generation_table(report) if report["schema"] == GENERATION_SCHEMA else text_table(report)
     )
     text = json.dumps(report, indent=2) + "\n"
     if json_path is not None and str(json_path) == "-":
         click.echo(text, nl=False)  # stdout holds only the JSON; the table goes to stderr
         if not quiet:
-            err.print(text_table(report), markup=False, soft_wrap=True)
+            err.print(table, markup=False)
     else:
-        out.print(text_table(report), markup=False, soft_wrap=True)
+        out.print(table, markup=False)
     if json_path is not None and str(json_path) != "-":
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(text)
         progress(f"wrote {json_path}")
     if plot_path is not None:
+        if report["schema"] == GENERATION_SCHEMA:
+            raise UserInputError("--plot draws latency reports; use --json for text generation")
         plot_path.parent.mkdir(parents=True, exist_ok=True)
         plot(report, plot_path)
         progress(f"wrote {plot_path}")
