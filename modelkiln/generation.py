@@ -48,11 +48,12 @@ class Decodable(Protocol):
 
 @dataclass
 class Generated:
-    """`sequences`: prompt (left-padded) and new tokens per row; `new_tokens`: how many
-    steps ran; `prompt_length`: the padded prompt's length."""
+    """`sequences`: prompt (left-padded) and new tokens per row; `prompt_length`: the padded
+    prompt's length; `text`: each row's new tokens decoded, when the prompts were text."""
 
     sequences: np.ndarray
     prompt_length: int
+    text: list[str] | None = None
 
     @property
     def new_tokens(self) -> np.ndarray:

@@ -313,3 +313,15 @@ def test_bench_refuses_mixing_decoders_with_other_artifacts(exported, tiny_bert_
     assert_one_line_error(result, "text-generation", "not both")
     result = run_kiln("bench", tiny_bert_artifact.path, "--new-tokens", "8", "--rounds", "1")
     assert_one_line_error(result, "--new-tokens", "text-generation")
+
+
+def test_session_generate_takes_text_with_the_artifacts_tokenizer(exported) -> None:
+    session = modelkiln.load(exported["llama"]["cpu"])
+    result = session.generate(["w5 w9 w20", "w7"], max_new_tokens=5, eos_token_id=[])
+    assert result.text is not None and len(result.text) == 2
+    by_ids = session.generate([[5, 9, 20], [7]], max_new_tokens=5, eos_token_id=[])
+    assert np.array_equal(result.sequences, by_ids.sequences)
+    assert result.text[0] == " ".join(f"w{t}" for t in by_ids.new_tokens[0] if t > 2)
+    assert by_ids.text is None
+    single = session.generate("w5 w9 w20", max_new_tokens=5, eos_token_id=[])
+    assert single.text == result.text[:1]
