@@ -18,7 +18,10 @@ from modelkiln.backends.openvino.common import (
     port_names,
     reported_properties,
 )
+from modelkiln.backends.openvino.stateful import StatefulDecoder, make_stateful
 from modelkiln.errors import BackendUnavailable, BuildError, InferenceError, UserInputError
+from modelkiln.generation import CacheStepper
+from modelkiln.manifest import DecoderSection
 
 
 class OpenVinoSession(Session):
@@ -67,17 +70,36 @@ class OpenVinoSession(Session):
         if self.cache_dir is not None:
             config["CACHE_DIR"] = str(self.cache_dir)
         xml = artifact.file("model")
+        decoder = artifact.manifest.decoder
         try:
-            # Compiling from the path (not a read Model) lets a cache hit skip reading the IR.
-            self._compiled = core.compile_model(str(xml), device, config)
+            if decoder is None:
+                # From the path (not a read Model) a cache hit skips reading the IR.
+                self._compiled = core.compile_model(str(xml), device, config)
+            else:  # the cache as the model's state: OpenVINO's fast path for decoders
+                model = make_stateful(ov, core.read_model(str(xml)), decoder)
+                self._compiled = core.compile_model(model, device, config)
         except Exception as exc:  # OpenVINO raises its own exception types
             raise BuildError(f"openvino cannot load {xml}: {ov_message(exc)}") from None
+        self.stateful = decoder is not None
         self.properties = reported_properties(self._compiled)
         self.inference_precision = self.properties["inference_precision"]
         self.performance_hint = config["PERFORMANCE_HINT"]
         where = f"openvino load of {artifact.path}"
-        self._outputs = port_names(self._compiled.outputs, list(self.outputs), "output", where)
-        self._inputs = port_names(self._compiled.inputs, list(self.inputs), "input", where)
+        cache = (
+            {n for layer in decoder.layers for n in (layer.past_key, layer.past_value)}
+            if decoder
+            else set()
+        )
+        present = (
+            {n for layer in decoder.layers for n in (layer.present_key, layer.present_value)}
+            if decoder
+            else set()
+        )
+        wanted_outputs = [n for n in self.outputs if n not in present]
+        self._outputs = port_names(self._compiled.outputs, wanted_outputs, "output", where)
+        self._inputs = port_names(
+            self._compiled.inputs, [n for n in self.inputs if n not in cache], "input", where
+        )
         extra = [
             sorted(p.get_names())
             for p in self._compiled.inputs
@@ -87,6 +109,9 @@ class OpenVinoSession(Session):
             raise BuildError(f"{where}: the model has input(s) {extra} the manifest does not list")
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()
+        self._stateful = (
+            None if decoder is None else StatefulDecoder(ov, self._compiled, decoder, self.inputs)
+        )
 
     # ---------------------------------------------------------------- running
 
@@ -112,10 +137,17 @@ class OpenVinoSession(Session):
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
             try:
+                if self._stateful is not None:
+                    return self._stateful.run(feeds)
                 self._request.infer(self._ov_feeds(feeds))
                 return self._collect(self._request)
             except Exception as exc:  # OpenVINO raises its own exception types
                 raise self._fail(exc, feeds) from None
+
+    def cache_stepper(self, decoder: DecoderSection) -> CacheStepper:
+        """Generation steps on a request of its own, the cache kept in its state."""
+        ov = import_openvino()
+        return StatefulDecoder(ov, self._compiled, decoder, self.inputs)
 
     def run_many(self, many: Sequence[Mapping[str, Any]]) -> list[dict[str, np.ndarray]]:
         """Run every feed dict through an AsyncInferQueue; results come back in order.
@@ -126,6 +158,8 @@ class OpenVinoSession(Session):
         checked = [self.check(feeds) for feeds in many]
         if not checked:
             return []
+        if self._stateful is not None:  # one request keeps one cache: in order
+            return [self._run(feeds) for feeds in checked]
         ov = import_openvino()
         jobs = self.properties.get("optimal_number_of_infer_requests") or 1
         queue = ov.AsyncInferQueue(self._compiled, min(int(jobs), len(checked)))
