@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from modelkiln.artifact import Artifact
+from modelkiln.errors import FeedError, UserInputError
 from modelkiln.feed_checks import check_feeds
 from modelkiln.generation import ArrayCacheStepper, CacheStepper, Generated, Streamer, generate
 from modelkiln.manifest import BackendSection, DecoderSection
@@ -94,13 +95,24 @@ class Session:
 
     def check(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The feeds as arrays, or FeedError naming the first thing wrong with them."""
-        return check_feeds(
+        checked = check_feeds(
             self.inputs,
             feeds,
             self.shape_ranges,
             limits=self._limits,
             id_bounds=self._id_bounds,
         )
+        decoder = self.artifact.manifest.decoder
+        if decoder is not None and decoder.layers:
+            new = checked["input_ids"].shape[1]
+            past = checked[decoder.layers[0].past_key].shape[2]
+            covered = checked["attention_mask"].shape[1]
+            if covered != past + new:
+                raise FeedError(
+                    f"input 'attention_mask' covers {covered} tokens, but the past holds {past} "
+                    f"and input_ids {new}: the mask covers both ({past + new})"
+                )
+        return checked
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         return self._run(self.check(feeds))
@@ -123,7 +135,10 @@ class Session:
         tokenizer.json encodes; then `Generated.text` holds each row's new text."""
         texts = [prompts] if isinstance(prompts, str) else None
         if texts is None and isinstance(prompts, Sequence) and prompts:
-            if all(isinstance(p, str) for p in prompts):
+            kinds = {isinstance(p, str) for p in prompts}
+            if kinds == {True, False}:
+                raise UserInputError("give the prompts as texts or as token-id lists, not both")
+            if kinds == {True}:
                 texts = [str(p) for p in prompts]
         codec = TextCodec.open(self.artifact.path) if texts is not None else None
         ids = [codec.encode(t) for t in texts] if codec is not None and texts else prompts

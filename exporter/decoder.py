@@ -5,8 +5,9 @@ generation).
 Tracing goes through `transformers.exporters` (transformers >= 5.24), which carries the
 model-specific export patches (cache pytrees, SDPA, masks, sliding windows). Its graph is then
 given this project's interface (`modelkiln.exporter.decoder_spec`): inputs and outputs named
-and ordered by layer, dimensions named, and the sliding-window size it exposes as an input
-folded into the graph as the constant it is.
+and ordered by layer, and dimensions named. The cache traced is a plain DynamicCache, which
+keeps every past token also for sliding-window models (their masks apply the window), so
+the graph's cache has no leaves but keys and values.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from modelkiln.exporter.specs import TaskSpec
 from modelkiln.exporter.trace import quiet, root_cause
 from modelkiln.generation import left_pad, positions
 from modelkiln.golden import GoldenSample
+from modelkiln.tensors import Runner
 
 _CACHE_LEAF = re.compile(r"^(?:input\.|output\.)?(?:cache|past_key_values)\.layers\.(\d+)\.(\w+)$")
 
@@ -125,7 +127,7 @@ def trace_decoder(model: Any, spec: TaskSpec, model_type: str) -> Any:
             f"tracing {model_type} for task {spec.task} failed (transformers.exporters): "
             f"{type(root).__name__}: {first_line(root)} (run with --debug for the full error)"
         ) from exc
-    return to_interface(program, spec, {k: v for k, v in leaves.items() if v.dim() == 0})
+    return to_interface(program, spec)
 
 
 @contextlib.contextmanager
@@ -138,9 +140,8 @@ def _size_oblivious() -> Iterator[None]:
         yield
 
 
-def to_interface(model: Any, spec: TaskSpec, constants: Mapping[str, Any]) -> Any:
-    """The exporter's graph with our names, order and dimension names; inputs that carry
-    a constant (a sliding window's size) become initializers and stop being outputs."""
+def to_interface(model: Any, spec: TaskSpec) -> Any:
+    """The exporter's graph with our names, order and dimension names."""
     import onnx_ir as ir
 
     graph = model.graph
@@ -150,23 +151,18 @@ def to_interface(model: Any, spec: TaskSpec, constants: Mapping[str, Any]) -> An
     for value in list(graph.inputs):
         name = _our_name(value.name, "past")
         if name is None:
-            leaf = _leaf_key(value.name)
-            if leaf is None or leaf not in constants:
-                raise ExportError(
-                    f"the traced decoder has an input '{value.name}' modelkiln does not know"
-                )
-            graph.inputs.remove(value)
-            value.const_value = ir.tensor(np.asarray(constants[leaf].numpy()), name=value.name)
-            graph.register_initializer(value)
-            continue
+            raise ExportError(
+                f"the traced decoder has an input '{value.name}' modelkiln does not know"
+            )
         value.name = name
         renamed_in[name] = value
     renamed_out: dict[str, ir.Value] = {}
     for value in list(graph.outputs):
         name = _our_name(value.name, "present")
         if name is None:
-            graph.outputs.remove(value)  # the constant, echoed back
-            continue
+            raise ExportError(
+                f"the traced decoder has an output '{value.name}' modelkiln does not know"
+            )
         value.name = name
         renamed_out[name] = value
     missing = [n for n in wanted_inputs if n not in renamed_in] + [
@@ -200,15 +196,9 @@ def _size(value: Any, axis: int, default: int) -> int:
     return dim if isinstance(dim, int) else default
 
 
-def _leaf_key(name: str) -> str | None:
-    match = _CACHE_LEAF.match(name)
-    return None if match is None else f"cache.layers.{match[1]}.{match[2]}"
-
-
 def _our_name(name: str, kind: str) -> str | None:
     """`input.cache.layers.3.keys` -> past_key_values.3.key (kind "past"), the outputs'
-    -> present.3.key; other inputs keep their names; None for cache leaves that are not
-    keys or values."""
+    -> present.3.key; other inputs and `logits` keep their names; None for anything else."""
     match = _CACHE_LEAF.match(name)
     if match is None:
         return name if kind == "past" or name == "logits" else None
@@ -271,16 +261,6 @@ def plan_lengths(dims: Mapping[str, int]) -> list[int]:
     return [max(1, int(dims["sequence"]) - 3 * i) for i in range(int(dims["batch"]))]
 
 
-def _flat(spec: TaskSpec, ids: Any, mask: Any, pos: Any, cache: Any) -> dict[str, np.ndarray]:
-    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-    if _accepts_positions(spec):
-        feeds["position_ids"] = pos.numpy()
-    layers = cache_names(spec.decoder.layers if spec.decoder else 0)
-    for (past_k, past_v, _, _), pair in zip(layers, _layers(cache, spec, len(ids)), strict=True):
-        feeds[past_k], feeds[past_v] = pair
-    return feeds
-
-
 def _layers(cache: Any, spec: TaskSpec, batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each layer's (keys, values) as numpy; a layer not filled yet as zero-length arrays."""
     shapes = {d.name: d.axes for d in spec.inputs}
@@ -311,61 +291,50 @@ def reference_errors(what: str) -> Iterator[None]:
 
 
 def reference_steps(
-    model: Any, spec: TaskSpec, plans: Sequence[Mapping[str, int]], seed: int = 0
+    runner: Runner, spec: TaskSpec, plans: Sequence[Mapping[str, int]], seed: int = 0
 ) -> tuple[list[GoldenSample], list[dict[str, int]]]:
     """For each validation shape: the prefill of left-padded prompts (past length 0), then
-    DECODE_STEPS greedy steps, each as (inputs incl. the past from PyTorch, PyTorch's outputs).
+    DECODE_STEPS greedy steps, each as (inputs incl. the reference's own past, the
+    reference's outputs); `runner` is the reference as a function of the graph's feeds.
     Returns the samples and each one's dimension sizes."""
+    decoder = spec.decoder
+    assert decoder is not None
+    layers = cache_names(decoder.layers)
+    axes = {d.name: d.axes for d in spec.inputs}
     samples: list[GoldenSample] = []
     dims: list[dict[str, int]] = []
     with reference_errors("on the prefill and decode steps"):
-        _steps(model, spec, plans, seed, samples, dims)
+        for index, plan in enumerate(plans):
+            prompts = prompt_ids(spec, plan_lengths(plan), seed + index)
+            ids, mask = left_pad(prompts, decoder.pad_token_id)
+            pos = positions(mask)
+            batch = ids.shape[0]
+            past: dict[str, np.ndarray] = {}
+            for past_k, past_v, _, _ in layers:
+                _, heads, _, dim = axes[past_k]
+                past[past_k] = past[past_v] = np.zeros((batch, int(heads), 0, int(dim)), np.float32)
+            for _step in range(1 + DECODE_STEPS):
+                feeds = {"input_ids": ids, "attention_mask": mask}
+                if _accepts_positions(spec):
+                    feeds["position_ids"] = pos
+                feeds |= past
+                outputs = runner(feeds)
+                samples.append((feeds, outputs))
+                dims.append(
+                    {
+                        "batch": batch,
+                        "sequence": int(ids.shape[1]),
+                        "past_sequence": int(past[layers[0][0]].shape[2]) if layers else 0,
+                        "total_sequence": int(mask.shape[1]),
+                    }  # fmt: skip
+                )
+                past = {}
+                for past_k, past_v, present_k, present_v in layers:
+                    past[past_k], past[past_v] = outputs[present_k], outputs[present_v]
+                ids = outputs["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)
+                mask = np.concatenate([mask, np.ones((batch, 1), dtype=mask.dtype)], axis=1)
+                pos = pos[:, -1:] + 1
     return samples, dims
-
-
-def _steps(
-    model: Any,
-    spec: TaskSpec,
-    plans: Sequence[Mapping[str, int]],
-    seed: int,
-    samples: list[GoldenSample],
-    dims: list[dict[str, int]],
-) -> None:
-    import torch
-
-    decoder = spec.decoder
-    assert decoder is not None
-    for index, plan in enumerate(plans):
-        prompts = prompt_ids(spec, plan_lengths(plan), seed + index)
-        ids_np, mask_np = left_pad(prompts, decoder.pad_token_id)
-        batch = ids_np.shape[0]
-        ids, mask = torch.from_numpy(ids_np), torch.from_numpy(mask_np)
-        pos = torch.from_numpy(positions(mask_np))
-        cache = _empty_cache(model)
-        for _step in range(1 + DECODE_STEPS):
-            feeds = _flat(spec, ids, mask, pos, cache)
-            kwargs = {"input_ids": ids, "attention_mask": mask, "cache": cache}
-            if _accepts_positions(spec):
-                kwargs["position_ids"] = pos
-            logits, cache = _forward(model, **kwargs)
-            outputs = {"logits": logits.numpy().copy()}
-            for (_, _, present_k, present_v), (k, v) in zip(
-                cache_names(decoder.layers), _layers(cache, spec, batch), strict=True
-            ):
-                outputs[present_k], outputs[present_v] = k, v
-            samples.append((feeds, outputs))
-            past = int(feeds[cache_names(1)[0][0]].shape[2])
-            dims.append(
-                {
-                    "batch": batch,
-                    "sequence": int(ids.shape[1]),
-                    "past_sequence": past,
-                    "total_sequence": int(mask.shape[1]),
-                }  # fmt: skip
-            )
-            ids = logits[:, -1].argmax(-1, keepdim=True)
-            mask = torch.cat([mask, torch.ones_like(ids)], dim=1)
-            pos = pos[:, -1:] + 1
 
 
 def golden_generation(model: Any, spec: TaskSpec, seed: int = 0) -> dict[str, Any]:
@@ -385,7 +354,12 @@ def golden_generation(model: Any, spec: TaskSpec, seed: int = 0) -> dict[str, An
         eos_token_id=list(decoder.eos_token_ids) or None,
         bos_token_id=decoder.bos_token_id,
     )
-    with torch.inference_mode(), quiet(), reference_errors("generating"):
+    with (
+        torch.inference_mode(),
+        quiet(),
+        reference_errors("generating"),
+        plain_greedy(model, config),
+    ):
         out = model.generate(
             input_ids=torch.from_numpy(ids),
             attention_mask=torch.from_numpy(mask),
@@ -398,6 +372,20 @@ def golden_generation(model: Any, spec: TaskSpec, seed: int = 0) -> dict[str, An
         "sequences": out.numpy().tolist(),
         "reference": f"transformers {_version('transformers')} generate(do_sample=False)",
     }
+
+
+@contextlib.contextmanager
+def plain_greedy(model: Any, config: Any) -> Iterator[None]:
+    """`config` as the model's generation config for the call: transformers otherwise fills
+    every field `config` leaves unset from the checkpoint's generation_config.json
+    (repetition_penalty, no_repeat_ngram_size, suppress_tokens, ...), and the golden would
+    not be the plain greedy decoding it stands for."""
+    saved = model.generation_config
+    model.generation_config = config
+    try:
+        yield
+    finally:
+        model.generation_config = saved
 
 
 def _version(name: str) -> str:

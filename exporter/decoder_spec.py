@@ -35,7 +35,6 @@ class DecoderInfo:
     pad_token_id: int
     eos_token_ids: tuple[int, ...] = ()
     bos_token_id: int | None = None
-    sliding_window: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,7 +42,6 @@ class DecoderInfo:
             "pad_token_id": self.pad_token_id,
             "eos_token_ids": list(self.eos_token_ids),
             "bos_token_id": self.bos_token_id,
-            "sliding_window": self.sliding_window,
         }
 
     @classmethod
@@ -53,7 +51,6 @@ class DecoderInfo:
             int(data["pad_token_id"]),
             tuple(int(t) for t in data.get("eos_token_ids") or ()),
             data.get("bos_token_id"),
-            data.get("sliding_window"),
         )
 
 

@@ -213,7 +213,6 @@ def _decoder_spec(
             f"outside its vocabulary of {vocab} ids; fix config.json / generation_config.json"
         )
     eos = [e for e in eos if 0 <= e < vocab]  # an id the model cannot produce never stops it
-    window = config.get("sliding_window")
     longest = limits.get("sequence", 1 << 30)
     return TaskSpec(
         task=decoder_spec.TASK,
@@ -226,9 +225,7 @@ def _decoder_spec(
             for d in decoder_spec.PROMPT_DIMS
         ),
         limits=limits,
-        decoder=DecoderInfo(
-            len(layout), pad, tuple(eos), bos, window if isinstance(window, int) else None
-        ),
+        decoder=DecoderInfo(len(layout), pad, tuple(eos), bos),
     )
 
 

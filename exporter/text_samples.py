@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from modelkiln.exporter.specs import TaskSpec
 
 TOKENIZER_FILES = tuple(
-    n for n in PREPROCESSING_FILES if n not in ("config.json", "preprocessor_config.json")
+    n
+    for n in PREPROCESSING_FILES
+    if n not in ("config.json", "preprocessor_config.json", "generation_config.json")
 )
 
 

@@ -64,7 +64,14 @@ def left_pad(
     prompts: Sequence[Sequence[int]] | np.ndarray, pad_token_id: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Token id lists of different lengths as one left-padded batch and its mask."""
-    rows = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
+    if isinstance(prompts, np.ndarray) and prompts.ndim == 1:
+        prompts = prompts[None, :]  # one prompt
+    elif any(isinstance(p, int | np.integer) for p in prompts):
+        raise UserInputError(
+            "give the prompts as a list of token-id lists, one per row (a single prompt: "
+            "[[1, 2, 3]]), not a flat list of ids"
+        )
+    rows = [_int_row(p) for p in prompts]
     if not rows or any(r.size == 0 for r in rows):
         raise UserInputError("give at least one prompt, each of at least one token")
     width = max(r.size for r in rows)
@@ -74,6 +81,13 @@ def left_pad(
         ids[i, width - row.size :] = row
         mask[i, width - row.size :] = 1
     return ids, mask
+
+
+def _int_row(prompt: Sequence[int] | np.ndarray) -> np.ndarray:
+    row = np.asarray(prompt)
+    if row.size and row.dtype.kind not in "iu":
+        raise UserInputError(f"token ids must be integers, got {row.dtype} ({row.ravel()[:4]} ...)")
+    return row.astype(np.int64).reshape(-1)
 
 
 def positions(mask: np.ndarray) -> np.ndarray:
@@ -133,19 +147,9 @@ def generate_with(
         ids, mask = left_pad(input_ids, decoder.pad_token_id)
     else:
         ids, mask = np.asarray(input_ids), np.asarray(attention_mask)
-        if ids.shape != mask.shape or ids.ndim != 2:
-            raise FeedError(
-                f"input_ids {list(ids.shape)} and attention_mask {list(mask.shape)} must both "
-                "be [batch, sequence]"
-            )
+        _check_padded(ids, mask)
     stops = decoder.eos_token_ids if eos_token_id is None else _ids(eos_token_id)
-    limit = decoder.max_positions
-    if limit is not None and ids.shape[1] + max_new_tokens > limit:
-        raise UserInputError(
-            f"a prompt of {ids.shape[1]} tokens plus {max_new_tokens} new ones exceeds the "
-            f"model's {limit} positions; shorten the prompt or ask for at most "
-            f"{max(limit - ids.shape[1], 0)} new tokens"
-        )
+    check_room(ids.shape[1], max_new_tokens, decoder.max_positions)
     choose = TokenChooser(sampling or Sampling())
     logits = step.prefill(ids, mask, positions(mask))
     sequences = ids
@@ -164,6 +168,35 @@ def generate_with(
         pos = pos + 1
         logits = step.next(token[:, None], mask, pos)
     return Generated(sequences, ids.shape[1])
+
+
+def check_room(prompt: int, new: int, limit: int | None, flag: str = "max new tokens") -> None:
+    """The last new token is never fed back, so a prompt of `prompt` tokens leaves room for
+    `limit - prompt + 1` new ones."""
+    if limit is not None and prompt + new - 1 > limit:
+        raise UserInputError(
+            f"a prompt of {prompt} tokens plus {new} new ones exceeds the model's {limit} "
+            f"positions; shorten the prompt or ask for at most {max(limit - prompt + 1, 0)} "
+            f"new tokens ({flag})"
+        )
+
+
+def _check_padded(ids: np.ndarray, mask: np.ndarray) -> None:
+    """A batch given with its mask: [batch, sequence] integers, left-padded, every row with
+    a token (generation continues after each row's last position)."""
+    if ids.shape != mask.shape or ids.ndim != 2 or ids.shape[1] == 0:
+        raise FeedError(
+            f"input_ids {list(ids.shape)} and attention_mask {list(mask.shape)} must both be "
+            "[batch, sequence] with at least one token"
+        )
+    if ids.dtype.kind not in "iu":
+        raise FeedError(f"input_ids must be integer token ids, got {ids.dtype}")
+    last = np.flatnonzero(mask[:, -1] == 0)
+    if last.size:
+        raise FeedError(
+            f"attention_mask of row {int(last[0])} ends in padding; generation needs prompts "
+            "padded on the left (the last column all ones)"
+        )
 
 
 def _ids(value: int | Sequence[int]) -> list[int]:

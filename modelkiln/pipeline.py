@@ -229,8 +229,8 @@ def _raise_failures(target: Target, report: Validation, manifest: Manifest) -> N
     accuracy budget: every failing output (every miss) is listed."""
     if not report.passed:
         raise ValidationError(
-            f"{len(report.failures)} output check(s) of target {target.name} differ "
-            f"from the reference ({report.reference}); nothing was written",
+            f"{len(report.failures)} check(s) of target {target.name} differ from the "
+            f"reference ({report.reference}); nothing was written",
             report.to_json(),
         )
     misses = manifest.accuracy.misses if manifest.accuracy is not None else None

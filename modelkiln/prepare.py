@@ -313,7 +313,7 @@ def _reference(
     and transformers' own greedy generation."""
     if spec.decoder is None:
         return reference_samples(runner, spec, dims), tuple(dims), None
-    samples, step_dims = reference_steps(module, spec, dims)
+    samples, step_dims = reference_steps(runner, spec, dims)
     return samples, tuple(step_dims), golden_generation(module, spec)
 
 

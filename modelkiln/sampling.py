@@ -1,9 +1,9 @@
 """Choosing the next token from logits, in numpy, the way transformers' `generate` does.
 
 Greedy decoding takes the arg-max (ties: the lowest id, as torch.argmax). Sampling applies,
-in transformers' order, the repetition penalty, the temperature, top-k and top-p, then draws
-from the softmax with a seeded numpy generator (the draws differ from torch's, the
-distribution does not).
+in transformers' order, the repetition penalty, the temperature, top-k (50 unless given, as
+transformers defaults) and top-p, then draws from the softmax with a seeded numpy generator
+(the draws differ from torch's, the distribution does not).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from modelkiln.errors import UserInputError
+
+DEFAULT_TOP_K = 50  # transformers' generate() samples from the 50 most likely by default
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,7 @@ class TokenChooser:
             return scores.argmax(axis=-1).astype(np.int64)
         if s.temperature != 1.0:
             scores = scores / np.float32(s.temperature)
-        if s.top_k is not None:
-            scores = top_k(scores, s.top_k)
+        scores = top_k(scores, DEFAULT_TOP_K if s.top_k is None else s.top_k)
         if s.top_p is not None and s.top_p < 1.0:
             scores = top_p(scores, s.top_p)
         probs = softmax(scores)

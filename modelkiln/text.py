@@ -26,7 +26,7 @@ class TextCodec:
         if not path.is_file():
             raise UserInputError(
                 f"{artifact} has no {TOKENIZER} (the checkpoint had none), so it takes token "
-                "ids only: pass --ids 1,2,3"
+                "ids only (kiln generate --ids 1,2,3; Session.generate([[1, 2, 3]]))"
             )
         try:
             from tokenizers import Tokenizer

@@ -19,7 +19,7 @@ from modelkiln.targets.shapes import clamp
 
 FRESH_DIMS = ({"batch": 2, "sequence": 23}, {"batch": 4, "sequence": 61})
 # What `kiln validate` shows of the accuracy measured at export (it is not re-measured).
-ACCURACY_KEYS = ("metric", "cosine", "top1_agreement", "samples", "worst", "budget")
+ACCURACY_KEYS = ("metric", "cosine", "top1_agreement", "greedy", "samples", "worst", "budget")
 
 
 def verify_artifact(
@@ -96,6 +96,7 @@ def _fresh_reference(
     artifact: Artifact, session: Session, checkpoint: str, allow_pickle: bool, stock: bool
 ) -> dict[str, Any]:
     """Re-run the PyTorch model on new inputs of shapes the export never checked."""
+    from modelkiln.exporter.decoder import reference_steps  # only for --reference
     from modelkiln.prepare import reference_for  # onnx-ir's passes: only for --reference
 
     manifest = artifact.manifest
@@ -121,5 +122,8 @@ def _fresh_reference(
         tolerance = Tolerance.from_json(validation.tolerance)
     else:
         tolerance = loosened(spec.tolerance, manifest.precision)
+    if spec.decoder is not None:  # fresh prompts: prefill and decode steps at new shapes
+        samples, step_dims = reference_steps(runner, spec, dims_list, seed=1000)
+        return compare_samples(samples, session.run, tolerance, step_dims)
     samples = reference_samples(runner, spec, dims_list, seed=1000)
     return compare_samples(samples, session.run, tolerance, dims_list)

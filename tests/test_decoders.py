@@ -201,7 +201,7 @@ def test_kiln_generate_streams_text_and_ids(exported) -> None:
 @pytest.mark.parametrize(
     ("args", "mentions"),
     [
-        (["--ids", "5,6", "--max-new-tokens", "300"], ["256 positions", "at most 254"]),
+        (["--ids", "5,6", "--max-new-tokens", "300"], ["256 positions", "at most 255"]),
         (["--ids", "5,999"], ["token id 999", "vocabulary has 128 ids"]),
         (["--ids", "5", "--temperature", "0"], ["temperature"]),
         (["--ids", "5", "--top-p", "1.5"], ["top-p", "(0, 1]"]),
@@ -349,3 +349,62 @@ def _golden_samples(path: Path) -> list[Any]:
     from modelkiln.golden import load_golden
 
     return load_golden(path / "golden.npz")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_session_generate_refuses_bad_prompts_in_one_line(exported, target: str) -> None:
+    if target not in _targets():
+        pytest.skip("openvino is not installed")
+    session = modelkiln.load(exported["llama"][target])
+    cases = [
+        (([[5, 6, 500]],), "token id 500"),  # checked on every backend, OpenVINO's state too
+        (([5, 6, 7],), "list of token-id lists"),
+        (([[5.0, 6.5]],), "integers"),
+        ((np.array([[5, 6, 0]]), np.array([[1, 1, 0]])), "padded on the left"),
+        (([[5, 6], "w7"],), "not both"),
+    ]
+    for args, message in cases:
+        with pytest.raises(modelkiln.UserInputError, match=message):
+            session.generate(*args, max_new_tokens=2)
+
+
+def test_a_mask_that_does_not_cover_past_and_new_tokens_is_a_feed_error(exported) -> None:
+    session = modelkiln.load(exported["llama"]["cpu"])
+    feeds, _ = next(
+        (f, o)
+        for f, o in _golden_samples(exported["llama"]["cpu"])
+        if f["past_key_values.0.key"].shape[2] > 0
+    )
+    short = dict(feeds, attention_mask=feeds["attention_mask"][:, 1:])
+    with pytest.raises(modelkiln.FeedError, match="covers both"):
+        session.run(short)
+
+
+def test_fresh_reference_run_on_a_decoder(exported) -> None:
+    path, ckpt = exported["llama"]["cpu"], exported["llama"]["ckpt"]
+    result = run_kiln("validate", path, "--reference", ckpt, "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    checks = json.loads(result.stdout)["checks"]["reference"]["checks"]
+    assert {c["dims"]["batch"] for c in checks} == {2, 4} and len(checks) == 8
+
+
+def test_bench_refuses_what_does_not_fit_before_running(exported, tmp_path: Path) -> None:
+    path = exported["llama"]["cpu"]
+    result = run_kiln("bench", path, "--new-tokens", "300", "--rounds", "1")
+    assert_one_line_error(result, "--new-tokens 300", "256 positions")
+    pytest.importorskip("matplotlib")
+    result = run_kiln("bench", path, "--plot", tmp_path / "p.png", "--rounds", "1")
+    assert_one_line_error(result, "--plot", "text generation")
+
+
+def test_golden_is_plain_greedy_whatever_the_generation_config(tmp_path: Path) -> None:
+    """A checkpoint whose generation_config.json asks for a repetition penalty and no
+    repeated n-grams: the golden still is plain greedy decoding, which the artifact replays."""
+    ckpt = decoder_models.build_decoder("llama", tmp_path / "ckpt")
+    config = json.loads((ckpt / "generation_config.json").read_text())
+    config |= {"repetition_penalty": 3.0, "no_repeat_ngram_size": 2}
+    (ckpt / "generation_config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    result = run_kiln("export", ckpt, "-o", out, "-q")
+    assert result.exit_code == 0, result.stderr
+    assert manifest(out)["validation"]["generation"]["passed"] is True

@@ -20,7 +20,6 @@ from modelkiln.backends.openvino.common import (
 )
 from modelkiln.backends.openvino.stateful import StatefulDecoder, make_stateful
 from modelkiln.errors import BackendUnavailable, BuildError, InferenceError, UserInputError
-from modelkiln.generation import CacheStepper
 from modelkiln.manifest import DecoderSection
 
 
@@ -107,11 +106,10 @@ class OpenVinoSession(Session):
         ]
         if extra:
             raise BuildError(f"{where}: the model has input(s) {extra} the manifest does not list")
-        self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()
-        self._stateful = (
-            None if decoder is None else StatefulDecoder(ov, self._compiled, decoder, self.inputs)
-        )
+        self._stateful = None if decoder is None else self.cache_stepper(decoder)
+        if self._stateful is None:
+            self._request = self._compiled.create_infer_request()
 
     # ---------------------------------------------------------------- running
 
@@ -144,10 +142,10 @@ class OpenVinoSession(Session):
             except Exception as exc:  # OpenVINO raises its own exception types
                 raise self._fail(exc, feeds) from None
 
-    def cache_stepper(self, decoder: DecoderSection) -> CacheStepper:
+    def cache_stepper(self, decoder: DecoderSection) -> StatefulDecoder:
         """Generation steps on a request of its own, the cache kept in its state."""
         ov = import_openvino()
-        return StatefulDecoder(ov, self._compiled, decoder, self.inputs)
+        return StatefulDecoder(ov, self._compiled, decoder, self.inputs, self.check, self._fail)
 
     def run_many(self, many: Sequence[Mapping[str, Any]]) -> list[dict[str, np.ndarray]]:
         """Run every feed dict through an AsyncInferQueue; results come back in order.

@@ -11,12 +11,12 @@ stateless graph would.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from modelkiln.generation import step_feeds
+from modelkiln.generation import empty_cache, step_feeds
 from modelkiln.manifest import DecoderSection
 from modelkiln.tensors import TensorSpec
 
@@ -65,13 +65,20 @@ class StatefulDecoder:
     `prefill`/`next` step a generation with the cache left in the request."""
 
     def __init__(
-        self, ov: Any, compiled: Any, decoder: DecoderSection, inputs: Mapping[str, TensorSpec]
+        self,
+        ov: Any,
+        compiled: Any,
+        decoder: DecoderSection,
+        inputs: Mapping[str, TensorSpec],
+        check: Callable[[Mapping[str, Any]], dict[str, np.ndarray]],
+        fail: Callable[[BaseException, Mapping[str, np.ndarray]], Exception],
     ) -> None:
         self._ov = ov
         self._request = compiled.create_infer_request()
         self.decoder = decoder
         self.inputs = inputs
-        self._compiled = compiled
+        self._check = check  # the session's feed checks, for the prompt
+        self._fail = fail  # the session's one-line error for a failed inference
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._request.reset_state()
@@ -91,9 +98,15 @@ class StatefulDecoder:
         return outputs
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        feeds = step_feeds(self.inputs, ids, mask, pos)
+        self._check({**feeds, **empty_cache(self.inputs, self.decoder, len(ids))})
         self._request.reset_state()
         return self.next(ids, mask, pos)
 
     def next(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        self._request.infer(step_feeds(self.inputs, ids, mask, pos))
+        feeds = step_feeds(self.inputs, ids, mask, pos)
+        try:
+            self._request.infer(feeds)
+        except Exception as exc:  # OpenVINO raises its own exception types
+            raise self._fail(exc, feeds) from None
         return np.array(self._request.get_tensor("logits").data[:, -1], copy=True)

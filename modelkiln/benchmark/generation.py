@@ -22,6 +22,7 @@ import numpy as np
 from modelkiln.artifact import Artifact
 from modelkiln.benchmark.measure import OtherLoad, machine_info, usable_cores
 from modelkiln.errors import UserInputError
+from modelkiln.generation import check_room
 from modelkiln.runtime import load
 
 SCHEMA = "modelkiln.bench.generate/1"
@@ -70,6 +71,8 @@ def _torch_generator(model: Any, pad: int) -> Generator:
     import torch
     from transformers import GenerationConfig
 
+    from modelkiln.exporter.decoder import plain_greedy  # the exporter: only with --baseline
+
     class Stamps:  # transformers' streamer protocol: put(prompt) first, then every token
         def __init__(self) -> None:
             self.times: list[float] = []
@@ -89,7 +92,7 @@ def _torch_generator(model: Any, pad: int) -> Generator:
             do_sample=False, max_new_tokens=new, min_new_tokens=new, pad_token_id=pad
         )
         ids = torch.from_numpy(prompts)
-        with torch.inference_mode():
+        with torch.inference_mode(), plain_greedy(model, config):
             model.generate(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
@@ -125,12 +128,13 @@ def bench_generation(
     first = artifacts[0].manifest
     assert first.decoder is not None
     limit = first.decoder.max_positions
-    prompt = int(prompt_tokens or min(DEFAULT_PROMPT, (limit or DEFAULT_PROMPT + new) - new))
-    if limit is not None and prompt + new > limit:
+    room = (limit or DEFAULT_PROMPT + new) - new + 1  # the last token is not fed back
+    prompt = int(prompt_tokens or min(DEFAULT_PROMPT, room))
+    if prompt < 1:
         raise UserInputError(
-            f"a prompt of {prompt} tokens plus {new} new ones exceeds the model's {limit} "
-            "positions; lower --seq or --new-tokens"
+            f"--new-tokens {new} leaves no room for a prompt in the model's {limit} positions"
         )
+    check_room(prompt, new, limit, "--seq / --new-tokens")
     vocab = int(first.input_values["input_ids"].high)
     rng = np.random.default_rng(seed)
     prompts = {b: rng.integers(3, vocab, size=(b, prompt), dtype=np.int64) for b in batches}

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 import modelkiln.benchmark.plan as plan
-from modelkiln.artifact import blocking_file
+from modelkiln.artifact import Artifact, blocking_file
 from modelkiln.benchmark.generation import SCHEMA as GENERATION_SCHEMA
 from modelkiln.benchmark.generation import text_table as generation_table
 from modelkiln.benchmark.report import check_plot_available, plot, text_table
@@ -131,6 +131,8 @@ def bench(
     if plot_path is not None:
         _check_writable(plot_path, "--plot")
         check_plot_available()
+        if artifacts and Artifact.open(artifacts[0]).manifest.decoder is not None:
+            raise UserInputError("--plot draws latency reports; use --json for text generation")
 
     def progress(message: str) -> None:
         if not quiet:
@@ -168,8 +170,6 @@ def bench(
         json_path.write_text(text)
         progress(f"wrote {json_path}")
     if plot_path is not None:
-        if report["schema"] == GENERATION_SCHEMA:
-            raise UserInputError("--plot draws latency reports; use --json for text generation")
         plot_path.parent.mkdir(parents=True, exist_ok=True)
         plot(report, plot_path)
         progress(f"wrote {plot_path}")

@@ -110,8 +110,9 @@ def generate(
             sys.stdout.write(f"{'' if len(new) == 1 else ','}{int(token[0])}")
         else:
             text = codec.decode(new)
-            sys.stdout.write(text[len(shown) :])
-            shown = text
+            if not text.endswith("\ufffd"):  # a character still incomplete: wait for it
+                sys.stdout.write(text[len(shown) :])
+                shown = text
         sys.stdout.flush()
 
     start = time.perf_counter()
@@ -131,6 +132,8 @@ def generate(
         }
         click.echo(json.dumps(record, indent=2))
         return
+    if codec is not None:
+        sys.stdout.write(codec.decode(tokens)[len(shown) :])
     sys.stdout.write("\n")
     err.print(
         f"{len(tokens)} tokens in {seconds:.2f}s ({len(tokens) / seconds:.1f} tokens/s)",
