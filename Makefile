@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[export,samples,dev,bench,openvino]'
+	$(BIN)/python -m pip install --quiet -e '.[export,samples,dev,bench,openvino,serve]'
 	touch $(STAMP)
 
 install: $(STAMP)

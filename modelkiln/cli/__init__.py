@@ -13,6 +13,7 @@ from modelkiln.cli.cache import cache
 from modelkiln.cli.export import export
 from modelkiln.cli.generate import generate
 from modelkiln.cli.inspect import inspect
+from modelkiln.cli.serve import serve
 from modelkiln.cli.targets import targets
 from modelkiln.cli.validate import validate
 
@@ -29,12 +30,13 @@ def main(debug: bool) -> None:
     kiln inspect PATH               show what an artifact or .onnx file holds
     kiln generate ARTIFACT PROMPT   generate text with a text-generation artifact
     kiln bench ARTIFACT...          measure latency and throughput (optionally vs PyTorch)
+    kiln serve ARTIFACT...          serve artifacts over the Open Inference Protocol (v2)
     kiln targets                    list the targets and whether this machine can build them
     kiln cache info|clear           show or empty the build cache
     """
 
 
-for command in (export, validate, inspect, generate, bench, targets, cache):
+for command in (export, validate, inspect, generate, bench, serve, targets, cache):
     main.add_command(command)
 
 

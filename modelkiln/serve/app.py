@@ -1,0 +1,169 @@
+"""The HTTP application: Open Inference Protocol v2 routes over the served models.
+
+Every error is a non-200 status with `{"error": "..."}` naming what was wrong. Inference
+runs in the models' worker threads (`batcher.py`), never on the event loop; the event loop
+only parses, checks and encodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from modelkiln.errors import UserInputError
+from modelkiln.serve import LIVE_PATH, METRICS_PATH, MODEL_VERSION, READY_PATH
+from modelkiln.serve.batcher import QueueFull
+from modelkiln.serve.generate_routes import generate_routes
+from modelkiln.serve.protocol import ProtocolError, encode_infer, parse_infer
+from modelkiln.serve.state import ServerState, error
+from modelkiln.versions import tool_versions
+
+
+def handled(
+    route: Callable[[ServerState, Request], Awaitable[Response]], state: ServerState
+) -> Callable[[Request], Awaitable[Response]]:
+    """A route whose user errors become `{"error": ...}` answers."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await route(state, request)
+        except ProtocolError as exc:
+            return error(str(exc), exc.status)
+        except UserInputError as exc:
+            return error(str(exc), 400)
+
+    return endpoint
+
+
+async def live(state: ServerState, request: Request) -> Response:
+    return JSONResponse({"live": True})
+
+
+async def ready(state: ServerState, request: Request) -> Response:
+    if state.draining:
+        return JSONResponse({"ready": False, "error": "the server is shutting down"}, 503)
+    return JSONResponse({"ready": True})
+
+
+async def server_metadata(state: ServerState, request: Request) -> Response:
+    extensions = ["binary_tensor_data"]
+    if any(m.is_decoder for m in state.models.values()):
+        extensions.append("generate")
+    return JSONResponse(
+        {
+            "name": "modelkiln",
+            "version": tool_versions(("modelkiln",))["modelkiln"] or "0",
+            "extensions": extensions,
+        }
+    )
+
+
+async def model_metadata(state: ServerState, request: Request) -> Response:
+    return JSONResponse(state.model(request).metadata())
+
+
+async def model_ready(state: ServerState, request: Request) -> Response:
+    model = state.model(request)
+    if state.draining:
+        return JSONResponse({"name": model.name, "ready": False}, 503)
+    return JSONResponse({"name": model.name, "ready": True})
+
+
+async def metrics(state: ServerState, request: Request) -> Response:
+    return PlainTextResponse(
+        state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+    )
+
+
+async def infer(state: ServerState, request: Request) -> Response:
+    start = time.perf_counter()
+    model = state.model(request)
+    failure = "OTHER"
+    try:
+        body = await asyncio.wait_for(state.body(request), state.options.request_timeout)
+        parsed = parse_infer(body, request.headers.get("inference-header-content-length"))
+        feeds = model.check(parsed.inputs, parsed.outputs)
+        failure = "REJECTED"
+        try:
+            future = model.batcher.submit(feeds)
+        except QueueFull as exc:
+            raise ProtocolError(str(exc), 503) from None
+        failure = "CANCELED"
+        left = state.options.request_timeout - (time.perf_counter() - start)
+        try:
+            outputs = await asyncio.wait_for(future, max(left, 0.001))
+        except TimeoutError:
+            raise ProtocolError(
+                f"model '{model.name}' did not answer within {state.options.request_timeout:g} s "
+                "(--request-timeout)",
+                504,
+            ) from None
+        except UserInputError:
+            failure = "OTHER"
+            raise
+        except Exception as exc:  # noqa: BLE001 - the backend's own error, reported whole
+            failure = "BACKEND"
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ProtocolError(
+                f"model '{model.name}' failed on this request: {message}", 500
+            ) from None
+        failure = "OTHER"
+        content, header_length = encode_infer(model.name, MODEL_VERSION, parsed, outputs)
+    except TimeoutError:
+        state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6, "CANCELED")
+        return error(
+            f"the request body did not arrive within {state.options.request_timeout:g} s", 408
+        )
+    except UserInputError:
+        state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6, failure)
+        raise
+    headers = {}
+    if header_length is not None:
+        headers["Inference-Header-Content-Length"] = str(header_length)
+    media = "application/octet-stream" if header_length is not None else "application/json"
+    state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6)
+    return Response(content, headers=headers, media_type=media)
+
+
+def model_routes(path: str, endpoint: Any, methods: list[str]) -> list[Route]:
+    """A model route and its /versions/{version} twin."""
+    return [
+        Route(f"/v2/models/{{model}}{path}", endpoint, methods=methods),
+        Route(f"/v2/models/{{model}}/versions/{{version}}{path}", endpoint, methods=methods),
+    ]
+
+
+def build_app(state: ServerState) -> Starlette:
+    def h(route: Callable[[ServerState, Request], Awaitable[Response]]) -> Any:
+        return handled(route, state)
+
+    routes = [
+        Route(LIVE_PATH, h(live), methods=["GET"]),
+        Route(READY_PATH, h(ready), methods=["GET"]),
+        Route("/v2", h(server_metadata), methods=["GET"]),
+        Route(METRICS_PATH, h(metrics), methods=["GET"]),
+        *model_routes("", h(model_metadata), ["GET"]),
+        *model_routes("/ready", h(model_ready), ["GET"]),
+        *model_routes("/infer", h(infer), ["POST"]),
+    ]
+    for path, route in generate_routes():
+        routes.extend(model_routes(path, h(route), ["POST"]))
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown routes and wrong methods answer in the protocol's error shape too."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error(f"no route {request.method} {request.url.path}; see GET /v2", 404)
+    if exc.status_code == 405:
+        return error(f"{request.url.path} does not take {request.method}", 405)
+    return error(str(exc.detail), exc.status_code)

@@ -1,0 +1,140 @@
+"""The models a server holds: each artifact opened once per worker, its v2 metadata, and
+whether requests to it can be batched (every input and output has the same named first
+dimension)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelkiln.artifact import Artifact
+from modelkiln.backends.base import Session
+from modelkiln.errors import UserInputError
+from modelkiln.runtime import load
+from modelkiln.serve import MODEL_VERSION
+from modelkiln.serve.batcher import Batcher
+from modelkiln.serve.metrics import Metrics
+from modelkiln.serve.options import BatchingOptions
+from modelkiln.serve.protocol import ProtocolError, datatype_of
+from modelkiln.tensors import TensorSpec
+from modelkiln.text import TextCodec
+
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}
+
+
+@dataclass
+class ServedModel:
+    name: str
+    artifact: Artifact
+    checker: Session  # checks feeds against the manifest (never runs)
+    batcher: Batcher
+    batch_dim: str | None
+    max_batch: int
+
+    @property
+    def is_decoder(self) -> bool:
+        return self.artifact.manifest.decoder is not None
+
+    def metadata(self) -> dict[str, Any]:
+        manifest = self.artifact.manifest
+        return {
+            "name": self.name,
+            "versions": [MODEL_VERSION],
+            "platform": PLATFORMS.get(manifest.backend.name, manifest.backend.name),
+            "inputs": [_tensor_metadata(n, s) for n, s in manifest.inputs.items()],
+            "outputs": [_tensor_metadata(n, s) for n, s in manifest.outputs.items()],
+            "parameters": {
+                "task": manifest.task,
+                "target": manifest.target.name,
+                "precision": manifest.precision,
+                "max_batch_size": self.max_batch if self.batch_dim else 0,
+            },
+        }
+
+    def check(
+        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None
+    ) -> dict[str, np.ndarray]:
+        """Feeds checked against the manifest (names, dtypes, ranks, sizes, id ranges)."""
+        for name in outputs or ():
+            if name not in self.artifact.manifest.outputs:
+                raise ProtocolError(
+                    f"model '{self.name}' has no output '{name}'; it has "
+                    f"{', '.join(self.artifact.manifest.outputs)}"
+                )
+        return self.checker.check(feeds)
+
+    def codec(self) -> TextCodec:
+        return TextCodec.open(self.artifact.path)
+
+
+def _tensor_metadata(name: str, spec: TensorSpec) -> dict[str, Any]:
+    return {
+        "name": name,
+        "datatype": datatype_of(spec.dtype),
+        "shape": [d if isinstance(d, int) else -1 for d in spec.shape],
+    }
+
+
+def model_name(path: Path) -> str:
+    """A model's name: the artifact folder's name."""
+    return path.resolve().name
+
+
+def batch_dimension(artifact: Artifact) -> str | None:
+    """The named first dimension every input and output shares, if there is one."""
+    specs = [*artifact.manifest.inputs.values(), *artifact.manifest.outputs.values()]
+    firsts = {spec.shape[0] if spec.shape else None for spec in specs}
+    if len(firsts) != 1:
+        return None
+    first = firsts.pop()
+    return first if isinstance(first, str) else None
+
+
+def open_models(
+    paths: Sequence[str | os.PathLike[str]],
+    batching: BatchingOptions,
+    metrics: Metrics,
+    threads: int | None = None,
+) -> dict[str, ServedModel]:
+    """Open every artifact (failing on the first that does not open); names must differ."""
+    names: dict[str, Path] = {}
+    for raw in paths:
+        path = Path(raw)
+        name = model_name(path)
+        if name in names:
+            raise UserInputError(
+                f"two artifacts are named '{name}' ({names[name]} and {path}): models are served "
+                "under their folder's name, so rename one folder"
+            )
+        names[name] = path
+    models: dict[str, ServedModel] = {}
+    options = {"threads": threads} if threads else {}
+    for name, path in names.items():
+        artifact = Artifact.open(path)
+        sessions = [load(path, **options) for _ in range(max(1, batching.instances))]
+        batch_dim = batch_dimension(artifact)
+        max_batch = max(1, batching.max_batch_size) if batch_dim else 1
+        if batch_dim and batch_dim in artifact.manifest.shape_ranges:
+            max_batch = min(max_batch, artifact.manifest.shape_ranges[batch_dim][1])
+        models[name] = ServedModel(
+            name=name,
+            artifact=artifact,
+            checker=sessions[0],
+            batcher=Batcher(
+                name,
+                sessions,
+                batch_axis=batch_dim is not None,
+                max_batch=max_batch,
+                delay=batching.max_queue_delay_ms / 1000,
+                max_queue=batching.max_queue_size,
+                metrics=metrics,
+            ),
+            batch_dim=batch_dim,
+            max_batch=max_batch,
+        )
+    return models
