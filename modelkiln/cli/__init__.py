@@ -15,6 +15,7 @@ from modelkiln.cli.generate import generate
 from modelkiln.cli.inspect import inspect
 from modelkiln.cli.serve import serve
 from modelkiln.cli.targets import targets
+from modelkiln.cli.triton import triton
 from modelkiln.cli.validate import validate
 
 
@@ -31,12 +32,13 @@ def main(debug: bool) -> None:
     kiln generate ARTIFACT PROMPT   generate text with a text-generation artifact
     kiln bench ARTIFACT...          measure latency and throughput (optionally vs PyTorch)
     kiln serve ARTIFACT...          serve artifacts over the Open Inference Protocol (v2)
+    kiln triton ARTIFACT... -o REPO write a Triton model repository
     kiln targets                    list the targets and whether this machine can build them
     kiln cache info|clear           show or empty the build cache
     """
 
 
-for command in (export, validate, inspect, generate, bench, serve, targets, cache):
+for command in (export, validate, inspect, generate, bench, serve, triton, targets, cache):
     main.add_command(command)
 
 

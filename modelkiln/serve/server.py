@@ -10,6 +10,7 @@ stops the workers and returns 0.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import socket
 import sys
@@ -118,7 +119,7 @@ def start(
         log_level="warning",
         access_log=False,
         lifespan="off",
-        timeout_graceful_shutdown=config.drain_seconds,
+        timeout_graceful_shutdown=math.ceil(config.drain_seconds),
         timeout_keep_alive=5,
         server_header=False,
     )

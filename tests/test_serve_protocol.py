@@ -1,0 +1,156 @@
+"""The Open Inference Protocol codec on its own: bodies tritonclient builds are parsed back
+to the same arrays, responses parse in tritonclient, and every malformed body is refused
+with a message."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import numpy as np
+import pytest
+import tritonclient.http as triton_http
+from tritonclient.http._utils import _get_inference_request
+
+from modelkiln.serve.metrics import Metrics
+from modelkiln.serve.protocol import (
+    InferRequest,
+    ProtocolError,
+    decode_body,
+    encode_infer,
+    parse_infer,
+)
+
+ARRAYS = {
+    "f32": np.arange(12, dtype=np.float32).reshape(3, 4) / 7,
+    "f16": np.linspace(-2, 2, 6, dtype=np.float16).reshape(2, 3),
+    "i64": np.array([[1, -2, 3]], dtype=np.int64),
+    "u8": np.arange(5, dtype=np.uint8),
+    "flag": np.array([True, False, True]),
+    "text": np.array([b"hello", "gr\u00fc\u00df".encode(), b""], dtype=object),
+}
+
+
+def tritonclient_body(binary: bool) -> tuple[bytes, int | None]:
+    inputs = []
+    for name, value in ARRAYS.items():
+        tensor = triton_http.InferInput(
+            name, list(value.shape), triton_http.np_to_triton_dtype(value.dtype)
+        )
+        tensor.set_data_from_numpy(value, binary_data=binary)
+        inputs.append(tensor)
+    body, json_size = _get_inference_request(inputs, "id-7", None, 0, False, False, 0, None, None)
+    return (body.encode() if isinstance(body, str) else body), json_size
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_tritonclient_bodies_parse_to_the_same_arrays(binary: bool) -> None:
+    body, json_size = tritonclient_body(binary)
+    assert (json_size is not None) == binary
+    request = parse_infer(body, None if json_size is None else str(json_size))
+    assert request.request_id == "id-7" and request.binary_default
+    for name, value in ARRAYS.items():
+        got = request.inputs[name]
+        assert got.dtype == value.dtype and got.shape == value.shape, name
+        assert np.array_equal(got, value), name
+
+
+def test_responses_parse_in_tritonclient() -> None:
+    outputs = {"a": ARRAYS["f32"], "t": ARRAYS["text"], "b": ARRAYS["flag"]}
+    request = InferRequest(
+        inputs={}, request_id="q", outputs=["a", "t", "b"], binary_outputs={"a", "t"}
+    )
+    body, header = encode_infer("m", "1", request, outputs)
+    assert header is not None
+    result = triton_http.InferResult.from_response_body(body, False, header)
+    assert result.get_response()["id"] == "q"
+    for name, value in outputs.items():
+        assert np.array_equal(result.as_numpy(name), value), name
+    assert "data" in result.get_output("b") and "data" not in result.get_output("a")
+    as_json, header = encode_infer("m", "1", InferRequest(inputs={}), {"a": ARRAYS["f32"]})
+    assert header is None
+    assert json.loads(as_json)["outputs"][0]["data"] == ARRAYS["f32"].ravel().tolist()
+
+
+def head(inputs: list[dict], **more: object) -> bytes:
+    return json.dumps({"inputs": inputs, **more}).encode()
+
+
+F32 = {"name": "x", "datatype": "FP32", "shape": [2]}
+
+
+@pytest.mark.parametrize(
+    "body, header, mentions",
+    [
+        (b"[1, 2]", None, ["JSON object"]),
+        (head([{**F32, "data": [1, "a"]}]), None, ["not FP32 numbers"]),
+        (head([{**F32, "data": [True, False]}]), None, ["true/false"]),
+        (head([{**F32, "shape": [2, -1], "data": [1, 2]}]), None, ["'shape'"]),
+        (head([F32]), None, ["neither 'data' nor"]),
+        (head([{**F32, "data": [1, 2]}, {**F32, "data": [1, 2]}]), None, ["given twice"]),
+        (
+            head([{**F32, "parameters": {"binary_data_size": 8}}]) + b"\0" * 4,
+            "57",
+            ["binary_data_size 8", "4 bytes"],
+        ),
+        (
+            head([{**F32, "parameters": {"binary_data_size": 4}}]) + b"\0" * 4,
+            "57",
+            ["4 bytes of data", "needs 8"],
+        ),
+        (head([{**F32, "data": [1, 2]}]) + b"\0" * 3, "51", ["3 bytes of binary tensor data"]),
+        (head([{**F32, "data": [1, 2]}]), "9999", ["does not fit"]),
+        (head([{**F32, "data": [1, 2]}]), "ten", ["not a number"]),
+        (
+            head(
+                [
+                    {
+                        "name": "s",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "parameters": {"binary_data_size": 6},
+                    }
+                ]
+            )
+            + b"\x09\0\0\0ab",
+            "77",
+            ["runs past its data"],
+        ),
+    ],
+)
+def test_malformed_bodies_are_refused_with_a_message(body, header, mentions) -> None:
+    if header is not None:  # the JSON's real length where the case means it to be right
+        header = str(body.index(b"}]}") + 3) if header not in ("9999", "ten") else header
+    with pytest.raises(ProtocolError) as caught:
+        parse_infer(body, header)
+    assert caught.value.status == 400
+    for text in mentions:
+        assert text in str(caught.value), str(caught.value)
+
+
+def test_compressed_bodies_are_limited_after_decompression() -> None:
+    data = b"{" + b" " * 10_000 + b"}"
+    assert decode_body(zlib.compress(data), "deflate", 20_000) == data
+    with pytest.raises(ProtocolError) as caught:
+        decode_body(zlib.compress(data), "deflate", 1_000)  # a small bomb
+    assert caught.value.status == 413 and "decompressed" in str(caught.value)
+    with pytest.raises(ProtocolError) as caught:
+        decode_body(b"not gzip", "gzip", 1_000)
+    assert caught.value.status == 400
+    with pytest.raises(ProtocolError) as caught:
+        decode_body(data, "br", 20_000)
+    assert caught.value.status == 415
+
+
+def test_metrics_render_triton_names_and_labels() -> None:
+    metrics = Metrics(["m"])
+    metrics.request_done("m", 1500.4)
+    metrics.request_done("m", 10, "REJECTED")
+    metrics.execution("m", rows=4, requests=2, queue_us=30, compute_us=100)
+    text = metrics.render()
+    assert 'nv_inference_request_success{model="m",version="1"} 1\n' in text
+    assert 'nv_inference_request_failure{model="m",version="1",reason="REJECTED"} 1\n' in text
+    assert 'nv_inference_count{model="m",version="1"} 4\n' in text
+    assert 'nv_inference_exec_count{model="m",version="1"} 1\n' in text
+    assert 'nv_inference_compute_infer_duration_us{model="m",version="1"} 200\n' in text
+    assert "# TYPE nv_inference_queue_duration_us counter" in text
