@@ -325,3 +325,21 @@ def test_startup_fails_fast_with_one_line(artifacts, tmp_path: Path) -> None:
                 assert text in lines[0], lines[0]
     finally:
         busy.close()
+
+
+def test_a_request_past_the_timeout_is_504_and_counted(artifacts) -> None:
+    srv = Server(
+        artifacts["cpu"], args=("--max-queue-delay-ms", "3000", "--request-timeout", "0.5")
+    )
+    try:
+        start = time.monotonic()
+        with pytest.raises(InferenceServerException) as caught:
+            srv.client().infer("bert-cpu", infer_inputs(feeds()))
+        assert time.monotonic() - start < 2.5
+        assert caught.value.status() == "504" and "--request-timeout" in caught.value.message()
+        status, raw = http(srv.url, "/metrics")
+        assert 'nv_inference_request_failure{model="bert-cpu",version="1",reason="CANCELED"} 1' in (
+            raw.decode()
+        )
+    finally:
+        assert srv.stop() == 0

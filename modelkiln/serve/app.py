@@ -86,42 +86,44 @@ async def metrics(state: ServerState, request: Request) -> Response:
 async def infer(state: ServerState, request: Request) -> Response:
     start = time.perf_counter()
     model = state.model(request)
-    failure = "OTHER"
+    timeout = state.options.request_timeout
+    failure = "OTHER"  # the metrics' reason if this request fails from here
     try:
-        body = await asyncio.wait_for(state.body(request), state.options.request_timeout)
-        parsed = parse_infer(body, request.headers.get("inference-header-content-length"))
-        feeds = model.check(parsed.inputs, parsed.outputs)
-        failure = "REJECTED"
-        try:
-            future = model.batcher.submit(feeds)
-        except QueueFull as exc:
-            raise ProtocolError(str(exc), 503) from None
-        failure = "CANCELED"
-        left = state.options.request_timeout - (time.perf_counter() - start)
-        try:
-            outputs = await asyncio.wait_for(future, max(left, 0.001))
-        except TimeoutError:
-            raise ProtocolError(
-                f"model '{model.name}' did not answer within {state.options.request_timeout:g} s "
-                "(--request-timeout)",
-                504,
-            ) from None
-        except UserInputError:
+        async with asyncio.timeout(timeout):
+            body = await state.body(request)
             failure = "OTHER"
-            raise
-        except Exception as exc:  # noqa: BLE001 - the backend's own error, reported whole
-            failure = "BACKEND"
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ProtocolError(
-                f"model '{model.name}' failed on this request: {message}", 500
-            ) from None
+            parsed = parse_infer(body, request.headers.get("inference-header-content-length"))
+            feeds = model.check(parsed.inputs, parsed.outputs)
+            try:
+                future = model.batcher.submit(feeds)
+            except QueueFull as exc:
+                failure = "REJECTED"
+                raise ProtocolError(str(exc), 503) from None
+            failure = "CANCELED"
+            try:
+                outputs = await future
+            except UserInputError:
+                failure = "OTHER"
+                raise
+            except (TimeoutError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the backend's own error, in one line
+                failure = "BACKEND"
+                text = str(exc).strip()
+                message = text.splitlines()[0] if text else type(exc).__name__
+                raise ProtocolError(
+                    f"model '{model.name}' failed on this request: {message}", 500
+                ) from None
         failure = "OTHER"
         content, header_length = encode_infer(model.name, MODEL_VERSION, parsed, outputs)
     except TimeoutError:
         state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6, "CANCELED")
-        return error(
-            f"the request body did not arrive within {state.options.request_timeout:g} s", 408
-        )
+        if failure == "CANCELED":
+            return error(
+                f"model '{model.name}' did not answer within {timeout:g} s (--request-timeout)",
+                504,
+            )
+        return error(f"the request did not arrive within {timeout:g} s (--request-timeout)", 408)
     except UserInputError:
         state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6, failure)
         raise
