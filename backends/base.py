@@ -86,7 +86,7 @@ class Session:
         # Sizes each named dimension may take (min, max), from the target's [shapes].
         self.shape_ranges: dict[str, tuple[int, int]] = manifest.shape_ranges
         self._limits = dict(manifest.limits)
-        indexes = {"token_ids": "token", "positions": "position"}
+        indexes = {"token_ids": "token", "token_types": "token type", "positions": "position"}
         self._id_bounds = {
             name: (values.high, indexes[values.kind])
             for name, values in manifest.input_values.items()

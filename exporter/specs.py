@@ -176,8 +176,9 @@ def _text_spec(config: Mapping[str, Any], task: str, forward_args: set[str]) -> 
     ]
     if "attention_mask" in forward_args:
         inputs.append(InputDecl("attention_mask", "int64", axes, "mask"))
-    if "token_type_ids" in forward_args and int(config.get("type_vocab_size", 0)) >= 2:
-        inputs.append(InputDecl("token_type_ids", "int64", axes, "zeros"))
+    types = int(config.get("type_vocab_size", 0))
+    if "token_type_ids" in forward_args and types >= 2:
+        inputs.append(InputDecl("token_type_ids", "int64", axes, "token_types", high=types))
     limits = {}
     positions = position_limit(config)
     if positions is not None:

@@ -201,7 +201,7 @@ def _fit_encoding(
     if "sequence" in dims:
         dims.setdefault("total_sequence", dims["sequence"])
     for decl in missing:
-        if decl.fill not in ("zeros", "mask", "positions"):
+        if decl.fill not in ("zeros", "token_types", "mask", "positions"):
             made = ", ".join(k for k in encoded) or "nothing"
             raise CalibrationDataError(
                 f"{what} {path}: the tokenizer in {tokenizer_dir} does not produce input "
@@ -217,6 +217,7 @@ def _fit_encoding(
         if decl.fill == "positions":
             feeds[decl.name] = np.broadcast_to(np.arange(shape[-1]), shape).astype(decl.dtype)
             continue
-        fill = np.zeros if decl.fill == "zeros" else np.ones  # one unpadded text: mask of ones
+        # one unpadded text: segment 0, a mask of ones
+        fill = np.zeros if decl.fill in ("zeros", "token_types") else np.ones
         feeds[decl.name] = fill(shape, dtype=decl.dtype)
     return {d.name: feeds[d.name] for d in spec.inputs}

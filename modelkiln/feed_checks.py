@@ -27,8 +27,8 @@ def check_feeds(
     """`ranges`: the sizes (min, max) each named dimension may take, from the artifact's
     target (a backend built for them may fail or be wrong outside); `limits`: the largest
     size the model itself takes per dimension (its position embeddings); `id_bounds`: per
-    index input, (how many there are, what they index: "token" or "position"): values must
-    lie in 0..count-1."""
+    index input, (how many there are, what they index: "token", "token type" or
+    "position"): values must lie in 0..count-1."""
     ranges = ranges or {}
     limits = limits or {}
     expected = ", ".join(f"{n}: {s}" for n, s in specs.items())
@@ -102,6 +102,11 @@ def _check_ids(name: str, value: np.ndarray, count: int, what: str) -> None:
                 f"input '{name}' holds token id {int(value[where])} at {list(where)}; the "
                 f"vocabulary has {count} ids (0 to {count - 1}): use the artifact's own "
                 "tokenizer"
+            )
+        if what == "token type":
+            raise FeedError(
+                f"input '{name}' holds token type {int(value[where])} at {list(where)}; the "
+                f"model has {count} token types (0 to {count - 1})"
             )
         raise FeedError(
             f"input '{name}' holds position {int(value[where])} at {list(where)}; the model has "

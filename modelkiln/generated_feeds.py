@@ -17,7 +17,7 @@ from modelkiln.errors import UserInputError
 from modelkiln.tensors import TensorSpec
 
 Axis = int | str
-FILLS = ("token_ids", "mask", "zeros", "normal", "ints", "bools", "positions")
+FILLS = ("token_ids", "token_types", "mask", "zeros", "normal", "ints", "bools", "positions")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,8 @@ class ValueKind:
     """What values an input takes (the manifest's `inputs.<name>.values`).
 
     For `token_ids`, `high` is the vocabulary size (ids 0..high-1 are valid) and `low` only
-    where generated ids start; for `positions`, `high` is the number of positions (0: not
+    where generated ids start; for `token_types` (BERT's segment ids, generated as zeros),
+    `high` is the number of types; for `positions`, `high` is the number of positions (0: not
     known); for `ints` (module factories) both are what the example inputs held, not
     limits."""
 
@@ -82,7 +83,7 @@ def generate_feeds(
             value = np.ones(shape)
             if shape[0] > 1 and shape[-1] > 2:
                 value[-1, shape[-1] // 2 :] = 0  # right padding on the last row, as tokenizers do
-        elif decl.fill == "zeros":
+        elif decl.fill in ("zeros", "token_types"):
             value = np.zeros(shape)
         elif decl.fill == "positions":
             value = np.broadcast_to(np.arange(shape[-1]), shape)

@@ -112,7 +112,7 @@ def test_manifest_inputs_and_outputs(tiny_bert_artifact: Exported) -> None:
             "high": models.VOCAB_SIZE,
         },
         "attention_mask": {"kind": "mask", "low": 0, "high": 2},
-        "token_type_ids": {"kind": "zeros", "low": 0, "high": 2},
+        "token_type_ids": {"kind": "token_types", "low": 0, "high": 2},
     }
     assert m["inputs"] == {
         name: {"dtype": "int64", "shape": ["batch", "sequence"], "values": values[name]}

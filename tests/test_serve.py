@@ -343,3 +343,41 @@ def test_a_request_past_the_timeout_is_504_and_counted(artifacts) -> None:
         )
     finally:
         assert srv.stop() == 0
+
+
+LIGHT_SERVER = """
+import json, sys, threading, time, urllib.error, urllib.request
+from pathlib import Path
+from modelkiln.serve.server import ServeConfig, start
+server, sock, models = start(ServeConfig([Path(sys.argv[1])], port=0, access_log=False))
+threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
+url = "http://%s:%d" % sock.getsockname()[:2]
+values = {"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "token_type_ids": [0, 0, 1]}
+body = {"inputs": [{"name": n, "datatype": "INT64", "shape": [1, 3], "data": v}
+                   for n, v in values.items()]}
+for _ in range(100):
+    try:
+        data = json.dumps(body).encode()
+        answer = urllib.request.urlopen(url + "/v2/models/bert-cpu/infer", data)
+        break
+    except urllib.error.HTTPError as exc:
+        sys.exit(exc.read().decode())
+    except OSError:
+        time.sleep(0.1)
+shape = json.loads(answer.read())["outputs"][0]["shape"]
+heavy = [m for m in ("torch", "transformers") if m in sys.modules]
+print(json.dumps({"shape": shape, "heavy": heavy}))
+server.should_exit = True
+"""
+
+
+def test_serving_imports_neither_torch_nor_transformers(artifacts) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", LIGHT_SERVER, str(artifacts["cpu"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"shape": [1, 3, models.HIDDEN], "heavy": []}

@@ -154,3 +154,20 @@ def test_metrics_render_triton_names_and_labels() -> None:
     assert 'nv_inference_exec_count{model="m",version="1"} 1\n' in text
     assert 'nv_inference_compute_infer_duration_us{model="m",version="1"} 200\n' in text
     assert "# TYPE nv_inference_queue_duration_us counter" in text
+
+
+def test_token_types_outside_the_table_are_a_feed_error(tiny_bert_artifact) -> None:
+    """BERT's segment ids index a table of type_vocab_size rows; past it ONNX Runtime fails
+    with a raw Gather error, so the session names the input first."""
+    import modelkiln
+    from modelkiln.errors import FeedError
+
+    session = modelkiln.load(tiny_bert_artifact.path)
+    ids = np.full((1, 3), 5, dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": ids}
+    with pytest.raises(FeedError) as caught:
+        session.run(feeds)
+    assert str(caught.value) == (
+        "input 'token_type_ids' holds token type 5 at [0, 0]; the model has 2 token types (0 to 1)"
+    )
+    assert session.run({**feeds, "token_type_ids": ids % 2})["last_hidden_state"].shape[1] == 3
