@@ -190,14 +190,17 @@ def check_output_free(out: Path, force: bool, protected: Path | None = None) -> 
 
 
 @contextlib.contextmanager
-def staging(out: Path, force: bool = False) -> Iterator[Path]:
+def staging(out: Path, force: bool = False, *, checked: bool = False) -> Iterator[Path]:
     """Yield an empty sibling folder of `out`; rename it to `out` only if the block succeeds.
 
     On any error the staging folder (and any parent folder created for it) is removed and
     `out` is left as it was, so a failed export never leaves a half-written artifact behind.
+    `checked`: the caller has decided itself that `out` may be replaced (folders that are not
+    artifacts, such as Triton repositories); otherwise `check_output_free` decides.
     """
     out = out.resolve()
-    check_output_free(out, force)
+    if not checked:
+        check_output_free(out, force)
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))

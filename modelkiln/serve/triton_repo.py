@@ -14,19 +14,17 @@ folder and renamed into place: a failure never leaves a half-written repository.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from modelkiln.artifact import Artifact, blocking_file
+from modelkiln.artifact import Artifact, blocking_file, staging
 from modelkiln.errors import ArtifactError, OutputExistsError, UserInputError
 from modelkiln.manifest import Manifest
 from modelkiln.serve import MODEL_VERSION
@@ -368,32 +366,6 @@ def check_output(out: Path, artifacts: Sequence[Path], force: bool) -> None:
             )
 
 
-@contextlib.contextmanager
-def _staged(out: Path) -> Iterator[Path]:
-    """An empty sibling folder of `out`, renamed to `out` only if the block succeeds (as
-    `modelkiln.artifact.staging` does, whose checks are for artifacts, not repositories)."""
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    os.chmod(stage, 0o755)  # mkdtemp makes it owner-only; Triton may run as another user
-    trash = None
-    try:
-        yield stage
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / out.name)
-        try:
-            os.replace(stage, out)
-        except OSError:
-            if trash is not None:
-                os.replace(trash / out.name, out)  # put the earlier repository back
-            raise
-    finally:
-        for folder in (stage, trash):
-            if folder is not None and folder.exists():
-                shutil.rmtree(folder, ignore_errors=True)
-
-
 def _place(source: Path, target: Path) -> None:
     """Hard-link `source` to `target`, or copy it across file systems."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -437,7 +409,7 @@ def write_repository(
             )
         seen[model.name] = model.artifact
     check_output(out, [a.path for a in opened], force)
-    with _staged(out) as stage:
+    with staging(out, force, checked=True) as stage:
         for model in models:
             folder = stage / model.name
             folder.mkdir()
