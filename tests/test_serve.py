@@ -21,7 +21,7 @@ import models
 import numpy as np
 import pytest
 import tritonclient.http as triton_http
-from conftest import run_kiln
+from conftest import copy_artifact, run_kiln
 from serving import Server, infer_inputs
 from tritonclient.utils import InferenceServerException
 
@@ -100,6 +100,7 @@ def test_health_and_metadata(server) -> None:
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("bert-cpu") and client.is_model_ready("bert-cpu", "1")
     assert not client.is_model_ready("bert-cpu", "2")
+    assert http(server.url, "/v2/models/bert-cpu/versions/2/ready")[0] == 404
     meta = client.get_server_metadata()
     assert meta["name"] == "modelkiln" and "binary_tensor_data" in meta["extensions"]
     model = client.get_model_metadata("bert-openvino-cpu")
@@ -203,23 +204,27 @@ def test_concurrent_requests_are_batched_and_metrics_move(server, artifacts) -> 
         return values
 
     before = scrape()
-    feed = feeds(1, 6)
-    expected = modelkiln.load(artifacts["cpu"]).run(feed)["last_hidden_state"]
+    # different tokens and batch sizes (same sequence length): a batch split back in the
+    # wrong order or at the wrong rows gives some request another's answer
+    requests = [feeds(1 + i % 3, 6, seed=i) for i in range(64)]
+    session = modelkiln.load(artifacts["cpu"])
+    expected = [session.run(f)["last_hidden_state"] for f in requests]
     local = threading.local()  # tritonclient's HTTP client lives in the thread that made it
 
-    def one(_: int) -> np.ndarray:
+    def one(i: int) -> np.ndarray:
         if not hasattr(local, "client"):
             local.client = server.client()
-        return local.client.infer("bert-cpu", infer_inputs(feed)).as_numpy("last_hidden_state")
+        answer = local.client.infer("bert-cpu", infer_inputs(requests[i]))
+        return answer.as_numpy("last_hidden_state")
 
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(one, range(64)))
-    for got in results:
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(results, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     after = scrape()
     delta = {k: after[k] - before.get(k, 0) for k in after}
     assert delta["nv_inference_request_success"] == 64
-    assert delta["nv_inference_count"] == 64
+    assert delta["nv_inference_count"] == sum(f["input_ids"].shape[0] for f in requests)
     # Requests arriving while a run is going wait together and go in one batch.
     assert delta["nv_inference_exec_count"] < 64, delta
     assert delta["nv_inference_request_duration_us"] > 0
@@ -239,6 +244,7 @@ def test_api_key_and_limits(artifacts, tmp_path: Path) -> None:
         assert http(srv.url, LIVE_PATH)[0] == 200 and http(srv.url, READY_PATH)[0] == 200
         assert http(srv.url, "/v2/models/bert-cpu")[0] == 401
         assert http(srv.url, "/metrics")[0] == 401
+        assert http(srv.url, "/v2/models/bert-cpu/ready")[0] == 401
         with pytest.raises(InferenceServerException) as caught:
             srv.client().infer(
                 "bert-cpu", infer_inputs(feeds()), headers={"Authorization": "Bearer nope"}
@@ -302,6 +308,9 @@ def _serve_exit(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_startup_fails_fast_with_one_line(artifacts, tmp_path: Path) -> None:
+    corrupt = copy_artifact(artifacts["cpu"], tmp_path / "corrupt-cpu")
+    model = corrupt / "model.onnx"
+    model.write_bytes(model.read_bytes()[:1000])
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen(1)
@@ -315,6 +324,7 @@ def test_startup_fails_fast_with_one_line(artifacts, tmp_path: Path) -> None:
                 ["--api-key-file", "does not exist"],
             ),
             ((str(artifacts["cpu"]), str(artifacts["cpu"])), ["two artifacts", "bert-cpu"]),
+            ((str(corrupt),), ["onnxruntime cannot load", "model.onnx"]),
         ]
         for args, mentions in cases:
             proc = _serve_exit(*args)
@@ -327,22 +337,53 @@ def test_startup_fails_fast_with_one_line(artifacts, tmp_path: Path) -> None:
         busy.close()
 
 
-def test_a_request_past_the_timeout_is_504_and_counted(artifacts) -> None:
+def test_a_request_past_the_timeout_is_504_and_leaves_the_queue(artifacts) -> None:
+    # A batch window (3 s) longer than the request timeout (0.5 s), room for one waiting
+    # request: a timed-out request must not hold that room.
     srv = Server(
-        artifacts["cpu"], args=("--max-queue-delay-ms", "3000", "--request-timeout", "0.5")
-    )
+        artifacts["cpu"],
+        args=(
+            "--max-queue-delay-ms", "3000", "--request-timeout", "0.5", "--max-queue-size", "1",
+        ),
+    )  # fmt: skip
     try:
-        start = time.monotonic()
-        with pytest.raises(InferenceServerException) as caught:
-            srv.client().infer("bert-cpu", infer_inputs(feeds()))
-        assert time.monotonic() - start < 2.5
-        assert caught.value.status() == "504" and "--request-timeout" in caught.value.message()
+        for attempt in range(2):
+            start = time.monotonic()
+            with pytest.raises(InferenceServerException) as caught:
+                srv.client().infer("bert-cpu", infer_inputs(feeds()))
+            assert time.monotonic() - start < 2.5
+            assert caught.value.status() == "504", (attempt, caught.value.message())
+            assert "--request-timeout" in caught.value.message()
         status, raw = http(srv.url, "/metrics")
-        assert 'nv_inference_request_failure{model="bert-cpu",version="1",reason="CANCELED"} 1' in (
-            raw.decode()
+        text = raw.decode()
+        assert 'nv_inference_request_failure{model="bert-cpu",version="1",reason="CANCELED"} 2' in (
+            text
         )
+        assert 'nv_inference_request_duration_us{model="bert-cpu",version="1"} 0' in text
     finally:
         assert srv.stop() == 0
+
+
+def test_malformed_tensors_are_400_json_and_counted(server) -> None:
+    def failures() -> float:
+        raw = http(server.url, "/metrics")[1].decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in raw.splitlines()
+            if line.startswith('nv_inference_request_failure{model="bert-openvino-cpu"')
+        )
+
+    before = failures()
+    for data, mentions in (([2**70, 1], "whole numbers"), ([1.5, 2], "whole numbers")):
+        body = json.dumps(
+            {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 2], "data": data}]}
+        ).encode()
+        status, message = error_of(http(server.url, "/v2/models/bert-openvino-cpu/infer", body))
+        assert status == 400 and mentions in message, message
+    huge = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [4294967296, 4294967296]}]}'
+    status, message = error_of(http(server.url, "/v2/models/bert-openvino-cpu/infer", huge))
+    assert status == 400 and "elements" in message
+    assert failures() - before == 3
 
 
 LIGHT_SERVER = """

@@ -83,8 +83,49 @@ F32 = {"name": "x", "datatype": "FP32", "shape": [2]}
     "body, header, mentions",
     [
         (b"[1, 2]", None, ["JSON object"]),
-        (head([{**F32, "data": [1, "a"]}]), None, ["not FP32 numbers"]),
-        (head([{**F32, "data": [True, False]}]), None, ["true/false"]),
+        (head([{**F32, "data": [1, "a"]}]), None, ["FP32", "must be numbers", "'a'"]),
+        (head([{**F32, "data": [True, False]}]), None, ["must be numbers", "True"]),
+        (head([{**F32, "data": ["1e3", 2]}]), None, ["must be numbers", "'1e3'"]),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [NaN]}]}',
+            None,
+            ["NaN is not a JSON number"],
+        ),
+        (head([{**F32, "datatype": "INT64", "data": [1.7, 2]}]), None, ["whole numbers", "1.7"]),
+        (
+            head([{**F32, "datatype": "INT32", "data": [2**40, 1]}]),
+            None,
+            ["-2147483648", "2147483647"],
+        ),
+        (head([{**F32, "datatype": "UINT8", "data": [-1, 1]}]), None, ["from 0 to 255", "-1"]),
+        (head([{**F32, "datatype": "UINT8", "data": [300.0, 1]}]), None, ["whole numbers"]),
+        (head([{**F32, "datatype": "BOOL", "data": [2, True]}]), None, ["true/false", "2"]),
+        (head([{**F32, "data": [1e300, 1]}]), None, ["too large for FP32"]),
+        (head([{**F32, "shape": [2**32, 2**32], "data": []}]), None, ["elements, more than"]),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": '
+            + b"[" * 100_000
+            + b"1"
+            + b"]" * 100_000
+            + b"}]}",
+            None,
+            ["nested too deeply"],
+        ),
+        (
+            head([{**F32, "data": [1, 2]}], outputs=[{"name": "y", "parameters": []}]),
+            None,
+            ["'parameters' must be a JSON object"],
+        ),
+        (
+            head([{**F32, "data": [1, 2]}], outputs=[{"name": "y"}, {"name": "y"}]),
+            None,
+            ["asked for twice"],
+        ),
+        (
+            head([{**F32, "data": [1, 2]}], parameters={"binary_data_output": "false"}),
+            None,
+            ["binary_data_output must be true or false"],
+        ),
         (head([{**F32, "shape": [2, -1], "data": [1, 2]}]), None, ["'shape'"]),
         (head([F32]), None, ["neither 'data' nor"]),
         (head([{**F32, "data": [1, 2]}, {**F32, "data": [1, 2]}]), None, ["given twice"]),
@@ -137,6 +178,10 @@ def test_compressed_bodies_are_limited_after_decompression() -> None:
     with pytest.raises(ProtocolError) as caught:
         decode_body(b"not gzip", "gzip", 1_000)
     assert caught.value.status == 400
+    for broken in (zlib.compress(data) + b"trailing", zlib.compress(data)[:-6]):
+        with pytest.raises(ProtocolError) as caught:
+            decode_body(broken, "deflate", 20_000)
+        assert caught.value.status == 400 and "complete" in str(caught.value)
     with pytest.raises(ProtocolError) as caught:
         decode_body(data, "br", 20_000)
     assert caught.value.status == 415

@@ -89,11 +89,18 @@ from modelkiln.serve.options import AppOptions, BatchingOptions
     help="Seconds a request may take, from its first byte to its answer (504 after).",
 )
 @click.option(
+    "--max-connections",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Open connections at once; more are answered 503.",
+)
+@click.option(
     "--drain-seconds",
     default=30.0,
     show_default=True,
     type=click.FloatRange(0),
-    help="On SIGTERM/SIGINT, how long requests in flight may take to finish.",
+    help="On SIGTERM/SIGINT, how long requests in flight (and queued work) may take to finish.",
 )
 @click.option("--no-access-log", is_flag=True, help="Do not log a JSON line per request.")
 @handle_errors
@@ -110,6 +117,7 @@ def serve(
     open_health: bool,
     max_request_bytes: int,
     request_timeout: float,
+    max_connections: int,
     drain_seconds: float,
     no_access_log: bool,
 ) -> None:
@@ -146,6 +154,7 @@ def serve(
         drain_seconds=drain_seconds,
         threads=threads,
         access_log=not no_access_log,
+        max_connections=max_connections,
         batching=BatchingOptions(
             max_batch_size=max_batch_size,
             max_queue_delay_ms=max_queue_delay_ms,

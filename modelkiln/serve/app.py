@@ -8,6 +8,7 @@ only parses, checks and encodes.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,11 +27,16 @@ from modelkiln.serve.protocol import ProtocolError, encode_infer, parse_infer
 from modelkiln.serve.state import ServerState, error
 from modelkiln.versions import tool_versions
 
+# Bodies and answers above this size are parsed and encoded in a worker thread, so one big
+# request does not hold up every other route (health probes included) for its parse time.
+OFF_LOOP_BYTES = 256 << 10
+
 
 def handled(
     route: Callable[[ServerState, Request], Awaitable[Response]], state: ServerState
 ) -> Callable[[Request], Awaitable[Response]]:
-    """A route whose user errors become `{"error": ...}` answers."""
+    """A route whose errors become `{"error": ...}` answers: user errors with their status,
+    anything else 500 (and one line on stderr), never a bare traceback page."""
 
     async def endpoint(request: Request) -> Response:
         try:
@@ -39,6 +45,10 @@ def handled(
             return error(str(exc), exc.status)
         except UserInputError as exc:
             return error(str(exc), 400)
+        except Exception as exc:  # noqa: BLE001 - a server bug must still answer
+            where = f"{request.method} {request.url.path}"
+            print(f"error: {where}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            return error(f"the server failed on this request ({type(exc).__name__}: {exc})", 500)
 
     return endpoint
 
@@ -91,8 +101,11 @@ async def infer(state: ServerState, request: Request) -> Response:
     try:
         async with asyncio.timeout(timeout):
             body = await state.body(request)
-            failure = "OTHER"
-            parsed = parse_infer(body, request.headers.get("inference-header-content-length"))
+            json_length = request.headers.get("inference-header-content-length")
+            if len(body) > OFF_LOOP_BYTES:  # large bodies are parsed off the event loop
+                parsed = await asyncio.to_thread(parse_infer, body, json_length)
+            else:
+                parsed = parse_infer(body, json_length)
             feeds = model.check(parsed.inputs, parsed.outputs)
             try:
                 future = model.batcher.submit(feeds)
@@ -115,7 +128,12 @@ async def infer(state: ServerState, request: Request) -> Response:
                     f"model '{model.name}' failed on this request: {message}", 500
                 ) from None
         failure = "OTHER"
-        content, header_length = encode_infer(model.name, MODEL_VERSION, parsed, outputs)
+        if sum(v.nbytes for v in outputs.values()) > OFF_LOOP_BYTES:
+            content, header_length = await asyncio.to_thread(
+                encode_infer, model.name, MODEL_VERSION, parsed, outputs
+            )
+        else:
+            content, header_length = encode_infer(model.name, MODEL_VERSION, parsed, outputs)
     except TimeoutError:
         state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6, "CANCELED")
         if failure == "CANCELED":
@@ -124,7 +142,7 @@ async def infer(state: ServerState, request: Request) -> Response:
                 504,
             )
         return error(f"the request did not arrive within {timeout:g} s (--request-timeout)", 408)
-    except UserInputError:
+    except Exception:
         state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6, failure)
         raise
     headers = {}

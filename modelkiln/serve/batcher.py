@@ -78,7 +78,7 @@ class Batcher:
         self.max_queue = max_queue
         self.metrics = metrics
         self._pending: deque[_Job] = deque()
-        self._waiting = 0
+        self._collecting: list[list[_Job]] = []  # batches workers are still gathering
         self._cond = threading.Condition()
         self._stopping = False
         self._threads = [
@@ -92,7 +92,14 @@ class Batcher:
 
     @property
     def waiting(self) -> int:
-        return self._waiting
+        """Requests still waiting to run (queued or being gathered), not counting those whose
+        client has gone or timed out."""
+        with self._cond:
+            return self._live_waiting()
+
+    def _live_waiting(self) -> int:
+        gathered = (job for batch in self._collecting for job in batch)
+        return sum(not job.future.done() for job in (*self._pending, *gathered))
 
     def submit(self, feeds: Feeds) -> asyncio.Future[Feeds]:
         """Queue checked feeds; the future resolves to the outputs."""
@@ -112,15 +119,23 @@ class Batcher:
         with self._cond:
             if self._stopping:
                 raise QueueFull(f"model '{self.name}' is shutting down")
-            if self._waiting >= self.max_queue:
+            waiting = self._live_waiting()
+            if waiting >= self.max_queue:
                 raise QueueFull(
-                    f"model '{self.name}' has {self._waiting} requests waiting, its queue's limit "
+                    f"model '{self.name}' has {waiting} requests waiting, its queue's limit "
                     "(--max-queue-size); retry later"
                 )
-            self._waiting += 1
             self._pending.append(_Job(loop, future, **job))
-            self._cond.notify()
+            # every worker: one gathering a batch of other shapes would leave this job
+            self._cond.notify_all()
+        # A request that times out or whose client goes wakes the workers, so a batch
+        # gathered around it is not held open for nobody.
+        future.add_done_callback(self._wake)
         return future
+
+    def _wake(self, _: asyncio.Future[Any]) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Finish what was queued, then end the workers."""
@@ -148,7 +163,6 @@ class Batcher:
             while True:
                 while self._pending and self._pending[0].future.done():
                     self._pending.popleft()
-                    self._waiting -= 1
                 if self._pending:
                     break
                 if self._stopping:
@@ -157,21 +171,23 @@ class Batcher:
             first = self._pending.popleft()
             batch = [first]
             if first.call is not None or self.max_batch <= 1:
-                self._waiting -= 1
                 return batch
             rows = first.rows
             deadline = first.enqueued + self.delay
-            while rows < self.max_batch:
-                taken = self._take_compatible(first.key, self.max_batch - rows)
-                if taken is not None:
-                    batch.append(taken)
-                    rows += taken.rows
-                    continue
-                left = deadline - time.perf_counter()
-                if left <= 0 or self._stopping:
-                    break
-                self._cond.wait(left)
-            self._waiting -= len(batch)
+            self._collecting.append(batch)
+            try:
+                while rows < self.max_batch:
+                    taken = self._take_compatible(first.key, self.max_batch - rows)
+                    if taken is not None:
+                        batch.append(taken)
+                        rows += taken.rows
+                        continue
+                    left = deadline - time.perf_counter()
+                    if left <= 0 or self._stopping or all(j.future.done() for j in batch):
+                        break
+                    self._cond.wait(left)
+            finally:
+                self._collecting.remove(batch)
             return batch
 
     def _take_compatible(self, key: tuple[Any, ...], room: int) -> _Job | None:

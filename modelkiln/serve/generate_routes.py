@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -27,7 +28,7 @@ from modelkiln.sampling import Sampling
 from modelkiln.serve import MODEL_VERSION
 from modelkiln.serve.batcher import QueueFull
 from modelkiln.serve.models import ServedModel
-from modelkiln.serve.protocol import ProtocolError
+from modelkiln.serve.protocol import ProtocolError, load_json
 from modelkiln.serve.state import ServerState
 from modelkiln.text import TextCodec
 
@@ -38,6 +39,10 @@ _DONE = object()
 
 def generate_routes() -> list[tuple[str, Callable[[ServerState, Request], Awaitable[Response]]]]:
     return [("/generate", generate), ("/generate_stream", generate_stream)]
+
+
+class Cancelled(Exception):
+    """Generation stopped because nobody waits for it any more."""
 
 
 class _Plan:
@@ -82,16 +87,28 @@ class _Plan:
                     raise ProtocolError(f"parameter '{key}' must be an integer, got {value!r}")
                 chosen[key] = kind(value)
         eos = params.get("stop_token_ids")
-        self.eos = [int(i) for i in eos] if isinstance(eos, list) and eos else None
+        if eos is not None and not (
+            isinstance(eos, list) and all(type(i) is int and i >= 0 for i in eos)
+        ):
+            raise ProtocolError(f"'stop_token_ids' must be a list of token ids, got {eos!r}")
+        self.eos = eos
+        # set when the client has gone or timed out: generation stops at the next token
+        self.cancelled = threading.Event()
         self.sampling = Sampling(**chosen)
 
     def run(self, session: Session, stream: Callable[[np.ndarray], None] | None) -> list[int]:
+        def each(token: np.ndarray) -> None:
+            if self.cancelled.is_set():
+                raise Cancelled("the client is gone")
+            if stream is not None:
+                stream(token)
+
         result = session.generate(
             [self.ids],
             max_new_tokens=self.max_new_tokens,
             sampling=self.sampling,
             eos_token_id=self.eos,
-            streamer=stream,
+            streamer=each,
         )
         return [int(t) for t in result.new_tokens[0].tolist()]
 
@@ -101,12 +118,14 @@ class _Plan:
 
 async def _plan(state: ServerState, request: Request) -> tuple[ServedModel, _Plan]:
     model = state.model(request)
-    body = await asyncio.wait_for(state.body(request), state.options.request_timeout)
+    timeout = state.options.request_timeout
     try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"the request is not valid JSON ({exc})") from None
-    return model, _Plan(model, document)
+        body = await asyncio.wait_for(state.body(request), timeout)
+    except TimeoutError:
+        raise ProtocolError(
+            f"the request did not arrive within {timeout:g} s (--request-timeout)", 408
+        ) from None
+    return model, _Plan(model, load_json(body))
 
 
 def _submit(model: ServedModel, call: Callable[[Session], Any]) -> asyncio.Future[Any]:
@@ -129,6 +148,7 @@ async def generate(state: ServerState, request: Request) -> Response:
     try:
         ids = await asyncio.wait_for(future, state.options.request_timeout)
     except TimeoutError:
+        plan.cancelled.set()
         state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6, "CANCELED")
         raise ProtocolError(
             f"model '{model.name}' did not answer within {state.options.request_timeout:g} s", 504
@@ -152,13 +172,26 @@ async def generate_stream(state: ServerState, request: Request) -> Response:
     model, plan = await _plan(state, request)
     loop = asyncio.get_running_loop()
     tokens: asyncio.Queue[Any] = asyncio.Queue()
+    timeout = state.options.request_timeout
 
     def stream(token: np.ndarray) -> None:
         loop.call_soon_threadsafe(tokens.put_nowait, int(token[0]))
 
     future = _submit(model, lambda session: plan.run(session, stream))
     future.add_done_callback(lambda _: tokens.put_nowait(_DONE))
-    first = await tokens.get()
+
+    async def next_token() -> Any:
+        """The next token, or TimeoutError when none came within the request timeout."""
+        return await asyncio.wait_for(tokens.get(), timeout)
+
+    try:
+        first = await next_token()
+    except TimeoutError:
+        plan.cancelled.set()
+        state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6, "CANCELED")
+        raise ProtocolError(
+            f"model '{model.name}' did not start answering within {timeout:g} s", 504
+        ) from None
     if first is _DONE and future.exception() is not None:
         state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6, "BACKEND")
         raise _backend_error(model, future.exception())  # type: ignore[arg-type]
@@ -167,32 +200,47 @@ async def generate_stream(state: ServerState, request: Request) -> Response:
         new: list[int] = []
         shown = ""
         item = first
-        while item is not _DONE:
-            new.append(item)
-            text = plan.text(new)
-            piece: dict[str, Any] = {"model_name": model.name, "model_version": MODEL_VERSION}
-            if text is None:
-                piece["output_ids"] = [item]
-            elif not text.endswith("\ufffd"):  # a character still incomplete: wait for it
-                piece["text_output"] = text[len(shown) :]
-                shown = text
+        header: dict[str, Any] = {"model_name": model.name, "model_version": MODEL_VERSION}
+        try:
+            while item is not _DONE:
+                new.append(item)
+                text = plan.text(new)
+                piece = dict(header)
+                if text is None:
+                    piece["output_ids"] = [item]
+                elif not text.endswith("\ufffd"):  # a character still incomplete: wait for it
+                    piece["text_output"] = text[len(shown) :]
+                    shown = text
+                else:
+                    piece["text_output"] = ""
+                yield f"data: {json.dumps(piece)}\n\n".encode()
+                try:
+                    item = await next_token()
+                except TimeoutError:
+                    plan.cancelled.set()
+                    state.metrics.request_done(
+                        model.name, (time.perf_counter() - start) * 1e6, "CANCELED"
+                    )
+                    stalled = {**header, "error": f"no token for {timeout:g} s (--request-timeout)"}
+                    yield f"data: {json.dumps(stalled)}\n\n".encode()
+                    return
+            error = future.exception()
+            last = dict(header)
+            if error is not None:
+                last["error"] = str(_backend_error(model, error))  # type: ignore[arg-type]
+                state.metrics.request_done(
+                    model.name, (time.perf_counter() - start) * 1e6, "BACKEND"
+                )
             else:
-                piece["text_output"] = ""
-            yield f"data: {json.dumps(piece)}\n\n".encode()
-            item = await tokens.get()
-        error = future.exception()
-        last: dict[str, Any] = {"model_name": model.name, "model_version": MODEL_VERSION}
-        if error is not None:
-            last["error"] = str(_backend_error(model, error))  # type: ignore[arg-type]
-            state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6, "BACKEND")
-        else:
-            text = plan.text(new)
-            last.update(
-                text_output="" if text is None else text[len(shown) :],
-                output_ids=future.result(),
-                finished=True,
-            )
-            state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6)
-        yield f"data: {json.dumps(last)}\n\n".encode()
+                text = plan.text(new)
+                last.update(
+                    text_output="" if text is None else text[len(shown) :],
+                    output_ids=future.result(),
+                    finished=True,
+                )
+                state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6)
+            yield f"data: {json.dumps(last)}\n\n".encode()
+        finally:  # the client went away (the response is cancelled) or the stream ended
+            plan.cancelled.set()
 
     return StreamingResponse(events(), media_type="text/event-stream")

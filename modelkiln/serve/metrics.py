@@ -51,11 +51,13 @@ class Metrics:
             return self._values.get((metric, model, reason), 0.0)
 
     def request_done(self, model: str, duration_us: float, failure: str | None = None) -> None:
+        """Triton counts the duration of successful requests only (its count matches
+        nv_inference_request_success)."""
         if failure is None:
             self.add(model, "nv_inference_request_success", 1)
+            self.add(model, "nv_inference_request_duration_us", duration_us)
         else:
             self.add(model, "nv_inference_request_failure", 1, failure)
-        self.add(model, "nv_inference_request_duration_us", duration_us)
 
     def execution(
         self, model: str, rows: int, requests: int, queue_us: float, compute_us: float

@@ -52,7 +52,8 @@ class ServedModel:
                 "task": manifest.task,
                 "target": manifest.target.name,
                 "precision": manifest.precision,
-                "max_batch_size": self.max_batch if self.batch_dim else 0,
+                # rows the dynamic batcher joins into one run (a larger request runs alone)
+                "batch_rows": self.max_batch if self.batch_dim else 0,
             },
         }
 

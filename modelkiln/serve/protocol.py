@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
@@ -50,6 +51,7 @@ DATATYPES: dict[str, str] = {
     "BYTES": "object",
 }
 NUMPY_TO_DATATYPE = {v: k for k, v in DATATYPES.items()}
+MAX_ELEMENTS = 1 << 28  # elements per input tensor (1 GiB of fp32)
 
 
 def datatype_of(dtype: str | np.dtype) -> str:
@@ -88,6 +90,12 @@ def decode_body(body: bytes, content_encoding: str | None, limit: int) -> bytes:
         out = inflater.decompress(body, limit + 1)
     except (zlib.error, gzip.BadGzipFile) as exc:
         raise ProtocolError(f"the body is not valid {encoding} data ({exc})") from None
+    if (
+        len(out) <= limit
+        and not inflater.unconsumed_tail
+        and (not inflater.eof or inflater.unused_data)
+    ):
+        raise ProtocolError(f"the body is not one complete {encoding} stream")
     if len(out) > limit or inflater.unconsumed_tail:
         raise ProtocolError(
             f"the request is larger than {limit} bytes once decompressed (--max-request-bytes)",
@@ -112,10 +120,7 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
             )
     else:
         json_size = len(body)
-    try:
-        header = json.loads(body[:json_size])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"the request is not valid JSON ({exc})") from None
+    header = load_json(body[:json_size])
     if not isinstance(header, dict):
         raise ProtocolError("the request must be a JSON object with an 'inputs' list")
     raw_inputs = header.get("inputs")
@@ -141,7 +146,7 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     request = InferRequest(
         inputs=inputs,
         request_id=_request_id(header.get("id")),
-        binary_default=bool(parameters.get("binary_data_output", False)),
+        binary_default=_flag(parameters.get("binary_data_output", False), "binary_data_output"),
         parameters=parameters,
     )
     raw_outputs = header.get("outputs")
@@ -152,11 +157,37 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
         for entry in raw_outputs:
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
                 raise ProtocolError("every entry of 'outputs' needs a 'name'")
-            request.outputs.append(entry["name"])
-            params = entry.get("parameters") or {}
-            if params.get("binary_data", request.binary_default):
-                request.binary_outputs.add(entry["name"])
+            name = entry["name"]
+            if name in request.outputs:
+                raise ProtocolError(f"output '{name}' is asked for twice")
+            request.outputs.append(name)
+            params = entry.get("parameters")
+            params = {} if params is None else params
+            if not isinstance(params, dict):
+                raise ProtocolError(f"output '{name}': 'parameters' must be a JSON object")
+            if _flag(params.get("binary_data", request.binary_default), "binary_data"):
+                request.binary_outputs.add(name)
     return request
+
+
+def load_json(raw: bytes | memoryview) -> Any:
+    """A JSON document; NaN and Infinity are not JSON and are refused."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not a JSON number")
+
+    try:
+        return json.loads(bytes(raw), parse_constant=refuse)
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise ProtocolError(f"the request is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ProtocolError("the request's JSON is nested too deeply") from None
+
+
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{what} must be true or false, got {value!r}")
+    return value
 
 
 def _request_id(value: Any) -> str | None:
@@ -181,9 +212,17 @@ def _input_tensor(entry: Any, binary: memoryview, offset: int) -> tuple[str, np.
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise ProtocolError(f"input '{name}' needs a 'shape': a list of sizes >= 0")
-    count = int(np.prod(shape)) if shape else 1
-    params = entry.get("parameters") or {}
-    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    count = math.prod(shape)  # Python ints: no wrap-around
+    if count > MAX_ELEMENTS:
+        raise ProtocolError(
+            f"input '{name}' has shape {shape}: {count} elements, more than a request may hold "
+            f"({MAX_ELEMENTS})"
+        )
+    params = entry.get("parameters")
+    params = {} if params is None else params
+    if not isinstance(params, dict):
+        raise ProtocolError(f"input '{name}': 'parameters' must be a JSON object")
+    size = params.get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):
             raise ProtocolError(
@@ -231,35 +270,60 @@ def _from_bytes(
 
 
 def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any) -> np.ndarray:
+    flat = _flatten(data)
+    if len(flat) != count:
+        raise ProtocolError(f"input '{name}' holds {len(flat)} values; shape {shape} needs {count}")
     if datatype == "BYTES":
-        flat = list(_flatten(data))
         if not all(isinstance(x, str) for x in flat):
             raise ProtocolError(f"input '{name}' is BYTES: its JSON data must be strings")
         array = np.empty(len(flat), dtype=object)
         array[:] = [x.encode() for x in flat]
-    else:
-        dtype = np.dtype(DATATYPES[datatype])
-        try:
-            array = np.asarray(data, dtype=dtype).reshape(-1)
-        except (TypeError, ValueError) as exc:
+        return array.reshape(shape)
+    dtype = np.dtype(DATATYPES[datatype])
+    if datatype == "BOOL":
+        wrong = next((x for x in flat if not isinstance(x, bool)), None)
+        if wrong is not None:
             raise ProtocolError(
-                f"input '{name}' has data that is not {datatype} numbers ({exc})"
-            ) from None
-        if datatype != "BOOL" and any(isinstance(x, bool) for x in _flatten(data)):
-            raise ProtocolError(f"input '{name}' is {datatype} but its data holds true/false")
-    if array.size != count:
-        raise ProtocolError(
-            f"input '{name}' holds {array.size} values; shape {shape} needs {count}"
-        )
-    return array.reshape(shape)
-
-
-def _flatten(data: Any) -> Any:
-    if isinstance(data, list):
-        for item in data:
-            yield from _flatten(item)
+                f"input '{name}' is BOOL: its data must be true/false, got {wrong!r}"
+            )
+    elif dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        wrong = next((x for x in flat if type(x) is not int or not info.min <= x <= info.max), None)
+        if wrong is not None:
+            raise ProtocolError(
+                f"input '{name}' is {datatype}: its data must be whole numbers from {info.min} "
+                f"to {info.max}, got {wrong!r}"
+            )
     else:
-        yield data
+        wrong = next((x for x in flat if type(x) not in (int, float)), None)
+        if wrong is not None:
+            raise ProtocolError(
+                f"input '{name}' is {datatype}: its data must be numbers, got {wrong!r}"
+            )
+        try:
+            values = np.asarray(flat, dtype=np.float64)
+        except OverflowError:  # an integer beyond any float
+            raise ProtocolError(f"input '{name}' holds a number too large for {datatype}") from None
+        if dtype != np.float64 and flat and np.abs(values).max() > np.finfo(dtype).max:
+            raise ProtocolError(f"input '{name}' holds a number too large for {datatype}")
+    return np.asarray(flat, dtype=dtype).reshape(shape)
+
+
+def _flatten(data: Any) -> list[Any]:
+    """The elements of nested lists, row-major (iteratively: no recursion limit)."""
+    if not isinstance(data, list):
+        return [data]
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
 
 
 def encode_infer(

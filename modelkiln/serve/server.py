@@ -15,7 +15,8 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -23,7 +24,7 @@ from typing import TextIO
 
 import uvicorn
 
-from modelkiln.errors import UserInputError
+from modelkiln.errors import ModelkilnError, UserInputError
 from modelkiln.serve import DEFAULT_HOST, DEFAULT_PORT, LIVE_PATH, READY_PATH
 from modelkiln.serve.app import build_app
 from modelkiln.serve.guard import Guard, read_api_key
@@ -43,6 +44,7 @@ class ServeConfig:
     drain_seconds: float = 30.0
     threads: int | None = None
     access_log: bool = True
+    max_connections: int = 1024
     batching: BatchingOptions = field(default_factory=BatchingOptions)
     app: AppOptions = field(default_factory=AppOptions)
 
@@ -75,9 +77,9 @@ class _Server(uvicorn.Server):
     """uvicorn's server with our own signal handling: a signal starts the drain (and marks
     the server not ready) and the process then exits 0 instead of re-raising the signal."""
 
-    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None]) -> None:
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
         super().__init__(config)
-        self._on_signal = on_signal
+        self.models_state = state
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -93,7 +95,10 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._on_signal()
+        state = self.models_state
+        if not state.draining:
+            state.draining = True
+            state.drain_started = time.monotonic()
         super().handle_exit(sig, frame)
 
 
@@ -108,6 +113,13 @@ def start(
     try:
         metrics = Metrics([model_name(Path(p)) for p in config.artifacts])
         models = open_models(config.artifacts, config.batching, metrics, config.threads)
+    except ModelkilnError as exc:
+        sock.close()
+        if isinstance(exc, UserInputError):
+            raise
+        # an artifact whose model does not load (corrupt, or built for another backend
+        # version) is a bad artifact given on the command line: a usage error, exit 2
+        raise UserInputError(str(exc)) from None
     except BaseException:
         sock.close()
         raise
@@ -121,13 +133,11 @@ def start(
         lifespan="off",
         timeout_graceful_shutdown=math.ceil(config.drain_seconds),
         timeout_keep_alive=5,
+        # connections (and so requests in the making) at once; beyond it uvicorn answers 503
+        limit_concurrency=config.max_connections,
         server_header=False,
     )
-
-    def on_signal() -> None:
-        state.draining = True
-
-    return _Server(uv_config, on_signal), sock, models
+    return _Server(uv_config, state), sock, models
 
 
 def serve(config: ServeConfig, log: TextIO = sys.stderr) -> int:
@@ -148,11 +158,14 @@ def serve(config: ServeConfig, log: TextIO = sys.stderr) -> int:
         )
     log.write(f"listening on http://{shown}:{port} (Open Inference Protocol v2); Ctrl-C stops\n")
     log.flush()
+    state = server.models_state
     try:
         server.run(sockets=[sock])
     finally:
+        # one drain budget for both stages: uvicorn's (requests in flight) and the workers'
+        began = state.drain_started or time.monotonic()
         for model in models.values():
-            model.batcher.stop(timeout=config.drain_seconds)
+            model.batcher.stop(timeout=max(0.0, config.drain_seconds - (time.monotonic() - began)))
         sock.close()
     log.write("stopped\n")
     log.flush()

@@ -19,6 +19,7 @@ class ServerState:
         self.metrics = metrics
         self.options = options
         self.draining = False
+        self.drain_started: float | None = None  # time.monotonic() of the stop signal
 
     def model(self, request: Request) -> ServedModel:
         name = request.path_params["model"]
