@@ -422,3 +422,25 @@ def test_serving_imports_neither_torch_nor_transformers(artifacts) -> None:
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report == {"shape": [1, 3, models.HIDDEN], "heavy": []}
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_sentences_as_a_bytes_input_are_tokenized_by_the_artifacts_tokenizer(
+    server, artifacts, binary: bool
+) -> None:
+    from modelkiln.text import TextCodec
+
+    sentences = ["hello world", "the cat sat on the mat today"]
+    text = triton_http.InferInput("text", [2], "BYTES")
+    text.set_data_from_numpy(np.array([s.encode() for s in sentences], dtype=object), binary)
+    got = server.client().infer("bert-cpu", [text]).as_numpy("last_hidden_state")
+    feeds = TextCodec.open(artifacts["cpu"]).encode_batch(sentences)
+    assert feeds["attention_mask"][0].sum() < feeds["attention_mask"][1].sum()  # padded
+    expected = modelkiln.load(artifacts["cpu"]).run(feeds)["last_hidden_state"]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert server.client().get_model_metadata("bert-cpu")["parameters"]["text_input"] == "text"
+    square = triton_http.InferInput("text", [1, 2], "BYTES")
+    square.set_data_from_numpy(np.array([[b"a", b"b"]], dtype=object))
+    with pytest.raises(InferenceServerException) as caught:
+        server.client().infer("bert-cpu", [square])
+    assert caught.value.status() == "400" and "shape [batch]" in caught.value.message()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ from modelkiln.serve.metrics import Metrics
 from modelkiln.serve.options import BatchingOptions
 from modelkiln.serve.protocol import ProtocolError, datatype_of
 from modelkiln.tensors import TensorSpec
-from modelkiln.text import TextCodec
+from modelkiln.text import TOKENIZER, TextCodec
 
+TEXT_INPUT = "text"
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}
 
 
@@ -35,6 +36,7 @@ class ServedModel:
     batcher: Batcher
     batch_dim: str | None
     max_batch: int
+    _codec: TextCodec | None = field(default=None, repr=False)
 
     @property
     def is_decoder(self) -> bool:
@@ -54,13 +56,51 @@ class ServedModel:
                 "precision": manifest.precision,
                 # rows the dynamic batcher joins into one run (a larger request runs alone)
                 "batch_rows": self.max_batch if self.batch_dim else 0,
+                # sentences may come as this BYTES input instead of token ids
+                "text_input": TEXT_INPUT if self.takes_text else None,
             },
         }
+
+    @property
+    def takes_text(self) -> bool:
+        """An encoder with its tokenizer: requests may send sentences as a BYTES input
+        `text` [batch] instead of token ids (a convenience beside the model's own inputs)."""
+        manifest = self.artifact.manifest
+        return (
+            manifest.decoder is None
+            and "input_ids" in manifest.inputs
+            and TEXT_INPUT not in manifest.inputs
+            and (self.artifact.path / TOKENIZER).is_file()
+        )
+
+    def text_feeds(self, text: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's inputs for a BYTES tensor of sentences, tokenized and padded."""
+        if (
+            text.dtype != object
+            or text.ndim not in (1, 2)
+            or (text.ndim == 2 and text.shape[1] != 1)
+        ):
+            raise ProtocolError(
+                f"input '{TEXT_INPUT}' must be BYTES of shape [batch] (one sentence per row), "
+                f"got {text.dtype} {list(text.shape)}"
+            )
+        try:
+            sentences = [item.decode() for item in text.reshape(-1)]
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"input '{TEXT_INPUT}' is not UTF-8 text ({exc})") from None
+        if not sentences:
+            raise ProtocolError(f"input '{TEXT_INPUT}' holds no sentences")
+        encoded = self.codec().encode_batch(sentences)
+        specs = self.artifact.manifest.inputs
+        return {name: encoded[name].astype(spec.dtype) for name, spec in specs.items()}
 
     def check(
         self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None
     ) -> dict[str, np.ndarray]:
-        """Feeds checked against the manifest (names, dtypes, ranks, sizes, id ranges)."""
+        """Feeds checked against the manifest (names, dtypes, ranks, sizes, id ranges); a
+        lone `text` input is tokenized first where the model takes text."""
+        if set(feeds) == {TEXT_INPUT} and self.takes_text:
+            feeds = self.text_feeds(feeds[TEXT_INPUT])
         for name in outputs or ():
             if name not in self.artifact.manifest.outputs:
                 raise ProtocolError(
@@ -70,7 +110,9 @@ class ServedModel:
         return self.checker.check(feeds)
 
     def codec(self) -> TextCodec:
-        return TextCodec.open(self.artifact.path)
+        if self._codec is None:
+            self._codec = TextCodec.open(self.artifact.path)
+        return self._codec
 
 
 def _tensor_metadata(name: str, spec: TensorSpec) -> dict[str, Any]:
