@@ -10,6 +10,7 @@ import zlib
 import numpy as np
 import pytest
 import tritonclient.http as triton_http
+from serving import infer_inputs
 from tritonclient.http._utils import _get_inference_request
 
 from modelkiln.serve.metrics import Metrics
@@ -32,13 +33,7 @@ ARRAYS = {
 
 
 def tritonclient_body(binary: bool) -> tuple[bytes, int | None]:
-    inputs = []
-    for name, value in ARRAYS.items():
-        tensor = triton_http.InferInput(
-            name, list(value.shape), triton_http.np_to_triton_dtype(value.dtype)
-        )
-        tensor.set_data_from_numpy(value, binary_data=binary)
-        inputs.append(tensor)
+    inputs = infer_inputs(ARRAYS, binary)
     body, json_size = _get_inference_request(inputs, "id-7", None, 0, False, False, 0, None, None)
     return (body.encode() if isinstance(body, str) else body), json_size
 

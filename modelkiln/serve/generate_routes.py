@@ -135,6 +135,18 @@ def _submit(model: ServedModel, call: Callable[[Session], Any]) -> asyncio.Futur
         raise ProtocolError(str(exc), 503) from None
 
 
+def _timed_out(
+    state: ServerState, model: ServedModel, plan: _Plan, start: float, what: str
+) -> ProtocolError:
+    """Stop the generation, count the request as CANCELED, and the 504 to answer."""
+    plan.cancelled.set()
+    state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6, "CANCELED")
+    timeout = state.options.request_timeout
+    return ProtocolError(
+        f"model '{model.name}' did not {what} within {timeout:g} s (--request-timeout)", 504
+    )
+
+
 def _backend_error(model: ServedModel, exc: Exception) -> ProtocolError:
     if isinstance(exc, UserInputError):
         return ProtocolError(str(exc))
@@ -148,11 +160,7 @@ async def generate(state: ServerState, request: Request) -> Response:
     try:
         ids = await asyncio.wait_for(future, state.options.request_timeout)
     except TimeoutError:
-        plan.cancelled.set()
-        state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6, "CANCELED")
-        raise ProtocolError(
-            f"model '{model.name}' did not answer within {state.options.request_timeout:g} s", 504
-        ) from None
+        raise _timed_out(state, model, plan, start, "answer") from None
     except Exception as exc:  # noqa: BLE001 - reported as one line
         state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6, "BACKEND")
         raise _backend_error(model, exc) from None
@@ -187,11 +195,7 @@ async def generate_stream(state: ServerState, request: Request) -> Response:
     try:
         first = await next_token()
     except TimeoutError:
-        plan.cancelled.set()
-        state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6, "CANCELED")
-        raise ProtocolError(
-            f"model '{model.name}' did not start answering within {timeout:g} s", 504
-        ) from None
+        raise _timed_out(state, model, plan, start, "start answering") from None
     if first is _DONE and future.exception() is not None:
         state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6, "BACKEND")
         raise _backend_error(model, future.exception())  # type: ignore[arg-type]
