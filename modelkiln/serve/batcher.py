@@ -90,14 +90,9 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
-    @property
-    def waiting(self) -> int:
+    def _live_waiting(self) -> int:
         """Requests still waiting to run (queued or being gathered), not counting those whose
         client has gone or timed out."""
-        with self._cond:
-            return self._live_waiting()
-
-    def _live_waiting(self) -> int:
         gathered = (job for batch in self._collecting for job in batch)
         return sum(not job.future.done() for job in (*self._pending, *gathered))
 

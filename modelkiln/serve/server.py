@@ -10,6 +10,7 @@ stops the workers and returns 0.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import signal
 import socket
@@ -63,13 +64,12 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        if exc.errno in (98, 48):  # EADDRINUSE on Linux, macOS
+        if exc.errno == errno.EADDRINUSE:
             raise UserInputError(
                 f"port {port} on {host} is in use by another process; choose another with --port"
             ) from None
         raise UserInputError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 
