@@ -147,24 +147,21 @@ def to_interface(model: Any, spec: TaskSpec) -> Any:
     graph = model.graph
     wanted_inputs = [d.name for d in spec.inputs]
     wanted_outputs = list(spec.outputs)
-    renamed_in: dict[str, ir.Value] = {}
-    for value in list(graph.inputs):
-        name = _our_name(value.name, "past")
-        if name is None:
-            raise ExportError(
-                f"the traced decoder has an input '{value.name}' modelkiln does not know"
-            )
-        value.name = name
-        renamed_in[name] = value
-    renamed_out: dict[str, ir.Value] = {}
-    for value in list(graph.outputs):
-        name = _our_name(value.name, "present")
-        if name is None:
-            raise ExportError(
-                f"the traced decoder has an output '{value.name}' modelkiln does not know"
-            )
-        value.name = name
-        renamed_out[name] = value
+
+    def renamed(values: list[ir.Value], cache: str, what: str) -> dict[str, ir.Value]:
+        by_name: dict[str, ir.Value] = {}
+        for value in values:
+            name = _our_name(value.name or "", cache)
+            if name is None:
+                raise ExportError(
+                    f"the traced decoder has an {what} '{value.name}' modelkiln does not know"
+                )
+            value.name = name
+            by_name[name] = value
+        return by_name
+
+    renamed_in = renamed(list(graph.inputs), "past", "input")
+    renamed_out = renamed(list(graph.outputs), "present", "output")
     missing = [n for n in wanted_inputs if n not in renamed_in] + [
         n for n in wanted_outputs if n not in renamed_out
     ]

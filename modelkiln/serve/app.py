@@ -135,7 +135,7 @@ async def infer(state: ServerState, request: Request) -> Response:
         else:
             content, header_length = encode_infer(model.name, MODEL_VERSION, parsed, outputs)
     except TimeoutError:
-        state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6, "CANCELED")
+        state.metrics.request_since(model.name, start, "CANCELED")
         if failure == "CANCELED":
             return error(
                 f"model '{model.name}' did not answer within {timeout:g} s (--request-timeout)",
@@ -143,13 +143,13 @@ async def infer(state: ServerState, request: Request) -> Response:
             )
         return error(f"the request did not arrive within {timeout:g} s (--request-timeout)", 408)
     except Exception:
-        state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6, failure)
+        state.metrics.request_since(model.name, start, failure)
         raise
     headers = {}
     if header_length is not None:
         headers["Inference-Header-Content-Length"] = str(header_length)
     media = "application/octet-stream" if header_length is not None else "application/json"
-    state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6)
+    state.metrics.request_since(model.name, start)
     return Response(content, headers=headers, media_type=media)
 
 

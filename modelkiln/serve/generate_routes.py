@@ -140,7 +140,7 @@ def _timed_out(
 ) -> ProtocolError:
     """Stop the generation, count the request as CANCELED, and the 504 to answer."""
     plan.cancelled.set()
-    state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6, "CANCELED")
+    state.metrics.request_since(model.name, start, "CANCELED")
     timeout = state.options.request_timeout
     return ProtocolError(
         f"model '{model.name}' did not {what} within {timeout:g} s (--request-timeout)", 504
@@ -162,9 +162,9 @@ async def generate(state: ServerState, request: Request) -> Response:
     except TimeoutError:
         raise _timed_out(state, model, plan, start, "answer") from None
     except Exception as exc:  # noqa: BLE001 - reported as one line
-        state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6, "BACKEND")
+        state.metrics.request_since(model.name, start, "BACKEND")
         raise _backend_error(model, exc) from None
-    state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6)
+    state.metrics.request_since(model.name, start)
     return JSONResponse(
         {
             "model_name": model.name,
@@ -197,7 +197,7 @@ async def generate_stream(state: ServerState, request: Request) -> Response:
     except TimeoutError:
         raise _timed_out(state, model, plan, start, "start answering") from None
     if first is _DONE and future.exception() is not None:
-        state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6, "BACKEND")
+        state.metrics.request_since(model.name, start, "BACKEND")
         raise _backend_error(model, future.exception())  # type: ignore[arg-type]
 
     async def events() -> AsyncIterator[bytes]:
@@ -222,9 +222,7 @@ async def generate_stream(state: ServerState, request: Request) -> Response:
                     item = await next_token()
                 except TimeoutError:
                     plan.cancelled.set()
-                    state.metrics.request_done(
-                        model.name, (time.perf_counter() - start) * 1e6, "CANCELED"
-                    )
+                    state.metrics.request_since(model.name, start, "CANCELED")
                     stalled = {**header, "error": f"no token for {timeout:g} s (--request-timeout)"}
                     yield f"data: {json.dumps(stalled)}\n\n".encode()
                     return
@@ -232,9 +230,7 @@ async def generate_stream(state: ServerState, request: Request) -> Response:
             last = dict(header)
             if error is not None:
                 last["error"] = str(_backend_error(model, error))  # type: ignore[arg-type]
-                state.metrics.request_done(
-                    model.name, (time.perf_counter() - start) * 1e6, "BACKEND"
-                )
+                state.metrics.request_since(model.name, start, "BACKEND")
             else:
                 text = plan.text(new)
                 last.update(
@@ -242,7 +238,7 @@ async def generate_stream(state: ServerState, request: Request) -> Response:
                     output_ids=future.result(),
                     finished=True,
                 )
-                state.metrics.request_done(model.name, (time.perf_counter() - start) * 1e6)
+                state.metrics.request_since(model.name, start)
             yield f"data: {json.dumps(last)}\n\n".encode()
         finally:  # the client went away (the response is cancelled) or the stream ended
             plan.cancelled.set()

@@ -10,6 +10,7 @@ durations in microseconds.
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 
 from modelkiln.serve import MODEL_VERSION
@@ -58,6 +59,10 @@ class Metrics:
             self.add(model, "nv_inference_request_duration_us", duration_us)
         else:
             self.add(model, "nv_inference_request_failure", 1, failure)
+
+    def request_since(self, model: str, start: float, failure: str | None = None) -> None:
+        """`request_done` for a request that began at `start` (time.perf_counter())."""
+        self.request_done(model, (time.perf_counter() - start) * 1e6, failure)
 
     def execution(
         self, model: str, rows: int, requests: int, queue_us: float, compute_us: float
