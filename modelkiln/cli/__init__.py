@@ -10,6 +10,7 @@ import click
 
 from modelkiln.cli.bench import bench
 from modelkiln.cli.cache import cache
+from modelkiln.cli.check import check
 from modelkiln.cli.export import export
 from modelkiln.cli.generate import generate
 from modelkiln.cli.inspect import inspect
@@ -29,6 +30,7 @@ def main(debug: bool) -> None:
     kiln export CHECKPOINT -o OUT   trace, optimize, build and validate an artifact
     kiln validate ARTIFACT          re-check an artifact (files, golden outputs, reference)
     kiln inspect PATH               show what an artifact or .onnx file holds
+    kiln check PATH                 check that TensorRT's ONNX parser takes the graph (no GPU)
     kiln generate ARTIFACT PROMPT   generate text with a text-generation artifact
     kiln bench ARTIFACT...          measure latency and throughput (optionally vs PyTorch)
     kiln serve ARTIFACT...          serve artifacts over the Open Inference Protocol (v2)
@@ -38,7 +40,7 @@ def main(debug: bool) -> None:
     """
 
 
-for command in (export, validate, inspect, generate, bench, serve, triton, targets, cache):
+for command in (export, validate, inspect, check, generate, bench, serve, triton, targets, cache):
     main.add_command(command)
 
 
