@@ -178,10 +178,10 @@ class _Linter:
     def _check_node(self, node: ir.Node, name: str) -> None:
         default = node.domain in _DEFAULT_DOMAINS
         label = node.op_type if default else f"{node.domain}::{node.op_type}"
+        spec = self._op_problem(node, name, label, default)
         for value in node.inputs:
             if value is not None and value.producer() is None:
                 self._check_value(value, node, name, label)
-        spec = self._op_problem(node, name, label, default)
         if spec is not None:
             for problem in self._rule_problems(node, spec):
                 self._add(name, label, problem)
