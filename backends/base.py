@@ -73,6 +73,15 @@ class Backend(Protocol):
         """Open a built artifact for inference."""
 
 
+@runtime_checkable
+class StaticCheck(Protocol):
+    """Optional for a backend: a check of the graph itself, run at export before anything is
+    built (for an .onnx source before tracing), also on a machine that cannot build the
+    target. Returns one line per problem found (empty: none)."""
+
+    def lint(self, model: ir.Model, target: Target) -> list[str]: ...
+
+
 class Session:
     """An artifact opened for inference. `run` checks feeds against the manifest (names,
     dtypes, ranks, fixed sizes, the target's shape ranges, the model's length limits, token

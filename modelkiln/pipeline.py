@@ -23,10 +23,10 @@ from modelkiln.artifact import (
     staging,
     write_manifest,
 )
-from modelkiln.backends.base import Backend
+from modelkiln.backends.base import Backend, StaticCheck
 from modelkiln.backends.registry import get_backend
 from modelkiln.cache import BuildCache
-from modelkiln.errors import UserInputError, ValidationError
+from modelkiln.errors import BackendUnavailable, UserInputError, ValidationError
 from modelkiln.exporter.specs import check_task
 from modelkiln.golden import save_golden
 from modelkiln.manifest import Manifest, Validation
@@ -141,11 +141,23 @@ def export_targets(
     check_task(task)
     targets = [tgt for _, tgt in resolved]
     backends = []
+    held: list[BackendUnavailable] = []  # raised once the graph passed the static checks
     for tgt in targets:
         backends.append(get_backend(tgt.backend))
-        check_backend(backends[-1], tgt)
-    check_request(options, list(zip(targets, backends, strict=True)), validate)
+        try:
+            check_backend(backends[-1], tgt)
+        except BackendUnavailable as exc:
+            if not isinstance(backends[-1], StaticCheck):
+                raise
+            held.append(exc)
+    pairs = list(zip(targets, backends, strict=True))
+    check_request(options, pairs, validate)
     ranges = common_ranges(targets)  # disjoint shape ranges: one line, exit 2
+    early = _onnx_source(protected)  # an .onnx source is checked before anything else
+    if early is not None:
+        _static_checks(early, pairs, progress)
+        if held:
+            raise held[0]
     cache = BuildCache(Path(cache_dir) if cache_dir else None) if use_cache else None
     prepared = prepare(
         str(checkpoint),
@@ -158,6 +170,10 @@ def export_targets(
         targets=targets,
         stock_architecture=stock_architecture,
     )
+    if early is None:
+        _static_checks(prepared.model, pairs, progress)
+        if held:
+            raise held[0]
     evaluation = None
     if any(needs_evaluation(t.precision, options) for t in targets):
         for tgt in targets:
@@ -176,6 +192,40 @@ def export_targets(
             )
         )
     return results
+
+
+def _onnx_source(path: Path) -> Any:
+    """The graph of an .onnx source, for the static checks (None: not one, or unreadable,
+    which loading it properly reports)."""
+    if path.suffix != ".onnx" or not path.is_file():
+        return None
+    import onnx_ir as ir
+
+    try:
+        return ir.load(path)
+    except Exception:  # onnx raises many types on a corrupt file
+        return None
+
+
+def _static_checks(model: Any, pairs: Sequence[tuple[Target, Backend]], progress: Progress) -> None:
+    """Each backend's static check of the graph (`StaticCheck`), one stage per target; any
+    finding fails the export with every finding listed, before anything is built."""
+    nodes = sum(1 for _ in model.graph)
+    for tgt, backend in pairs:
+        if not isinstance(backend, StaticCheck):
+            continue
+        label = f"{backend.name} static check of {tgt.name}"
+        with progress.stage("static_check", label) as stage:
+            findings = backend.lint(model, tgt)
+            stage.label = f"{label}: " + (
+                f"{len(findings)} problem(s)" if findings else f"clean ({nodes} nodes)"
+            )
+            if findings:
+                raise ValidationError(
+                    f"the {label} found {len(findings)} problem(s) {backend.name} would refuse; "
+                    "nothing was built",
+                    {"failures": findings, "static_check": backend.name},
+                )
 
 
 def _build_one(
