@@ -164,16 +164,32 @@ def test_dynamic_quantize_and_matmul_integer_are_refused() -> None:
         value_info=[tensor("xq", TensorProto.UINT8)],
     )
     findings = lint(proto)
-    by_node = {(f.node, f.op): f.reason for f in findings if "not supported" in f.reason}
-    assert "not supported by TensorRT 10's ONNX parser" in by_node[("dql", "DynamicQuantizeLinear")]
-    assert ("mmi", "MatMulInteger") in by_node
-    # the UINT8 activation DynamicQuantizeLinear makes is reported with its producer
-    assert any(f.node == "dql" and "'xq' is UINT8" in f.reason for f in findings)
-    # the INT8 weights are not inside a Q/DQ pair
-    assert any(
-        f.node == "mmi" and "'w' is INT8 outside a QuantizeLinear" in f.reason for f in findings
+    assert [(f.node, f.op) for f in findings] == [
+        ("dql", "DynamicQuantizeLinear"),
+        ("mmi", "MatMulInteger"),
+    ]
+    assert "IDynamicQuantize" in findings[0].reason  # the matrix's own advice
+    assert (
+        str(findings[1]) == "node 'mmi' (MatMulInteger): not supported by TensorRT 10's ONNX parser"
     )
-    assert not any(f.node in ("to_float", "rescale") for f in findings)
+
+
+def test_types_around_a_refused_node_are_not_reported_again_but_elsewhere_are() -> None:
+    """The INT8 weights of a refused MatMulInteger add nothing; the same weights read by a
+    supported op are reported there."""
+    proto = model(
+        [
+            helper.make_node("MatMulInteger", ["x8", "w"], ["acc"], name="mmi"),
+            helper.make_node("Identity", ["w"], ["w2"], name="copy"),
+        ],
+        [tensor("x8", TensorProto.UINT8)],
+        [tensor("acc", TensorProto.INT32), tensor("w2", TensorProto.INT8, (4, 4))],
+        [init("w", np.ones((4, 4), np.int8))],
+    )
+    findings = lint(proto)
+    assert [f.node for f in findings] == ["mmi", "copy", "copy"]
+    assert "input 'w' is INT8 outside a QuantizeLinear" in findings[1].reason
+    assert "output 'w2' is INT8 outside a QuantizeLinear" in findings[2].reason
 
 
 def test_op_missing_from_the_matrix_differs_between_versions() -> None:

@@ -178,7 +178,11 @@ class _Linter:
     def _check_node(self, node: ir.Node, name: str) -> None:
         default = node.domain in _DEFAULT_DOMAINS
         label = node.op_type if default else f"{node.domain}::{node.op_type}"
+        before = len(self.findings)
         spec = self._op_problem(node, name, label, default)
+        if len(self.findings) > before:  # refused outright: the types around it are moot
+            self.reported.update(id(v) for v in node.outputs)
+            return
         for value in node.inputs:
             if value is not None and value.producer() is None:
                 self._check_value(value, node, name, label)
