@@ -97,7 +97,7 @@ class TensorRtBackend:
         options = build_options(target, self.name)
         model, method = self._with_precision(request)
         profiles = build_profiles(input_specs(model), options.profiles)
-        cache = (
+        timing = (
             timing_cache_path(here.tensorrt_version, here.compute_capability, here.gpu)
             if options.timing_cache
             else None
@@ -108,7 +108,7 @@ class TensorRtBackend:
             ir.save(model, onnx_path, external_data="model.onnx.data", size_threshold_bytes=1024)
             node_names = [(n.name or "", n.op_type) for n in model.graph]
             plan, recorded = build_engine(
-                trt, onnx_path, profiles, options, node_names, cache, _report
+                trt, onnx_path, profiles, options, node_names, timing, _report
             )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -146,7 +146,8 @@ def build_engine(
         why = logger.errors[-1] if logger.errors else "no reason given"
         raise BuildError(f"TensorRT could not build the engine: {first_line(Exception(why))}")
     if timing_cache is not None:
-        _store(timing_cache, bytes(config.get_timing_cache().serialize()))
+        cache = config.get_timing_cache()
+        _store(timing_cache, bytes(cache.serialize()))
     details = {
         "timing_cache": {"path": str(timing_cache), "reused": reused} if timing_cache else None,
         "build_phases": dict(monitor.seconds),

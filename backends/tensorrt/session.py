@@ -32,12 +32,16 @@ from modelkiln.errors import BackendUnavailable, BuildError, FeedError, Inferenc
 
 def recorded_profiles(details: dict[str, Any]) -> list[Profile]:
     return [
-        {name: InputProfile.from_json(io) for name, io in profile.items()}
-        for profile in details.get("profiles") or []
+        {name: InputProfile.from_json(io) for name, io in recorded.items()}
+        for recorded in details.get("profiles") or []
     ]
 
 
 class TensorRtSession(Session):
+    _cudart: Any = None  # set once CUDA is in use: what close() releases
+    _stream: Any = None
+    _buffers: dict[str, tuple[int, int]] = {}
+
     def __init__(self, artifact: Artifact) -> None:
         super().__init__(artifact)
         section = artifact.manifest.backend
@@ -131,13 +135,13 @@ class TensorRtSession(Session):
         return outputs
 
     def close(self) -> None:
-        cudart = getattr(self, "_cudart", None)
+        cudart = self._cudart
         if cudart is None:
             return
         for pointer, _ in self._buffers.values():
             cudart.cudaFree(pointer)
         self._buffers = {}
-        if getattr(self, "_stream", None) is not None:
+        if self._stream is not None:
             cudart.cudaStreamDestroy(self._stream)
             self._stream = None
 
