@@ -252,10 +252,11 @@ class _Linter:
                 yield from self._const_problems(node, value, label, kind)
         for index, label in spec.static_if_omitted.items():
             given = index < len(inputs) and inputs[index] is not None
-            shape = inputs[0].shape if inputs and inputs[0] is not None else None
+            data = inputs[0] if inputs else None
+            shape = data.shape if data is not None else None
             if not given and label not in node.attributes and shape and not shape.is_static():
                 yield (
-                    f"no `{label}` given and input '{inputs[0].name}' has dynamic shape "
+                    f"no `{label}` given and input '{data.name if data else ''}' has dynamic shape "
                     f"{shape}; {self.trt}'s parser infers {label} from static shapes only"
                 )
         for attr_name, kind, allowed in spec.attrs:
