@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import shutil
 from pathlib import Path
 from types import MappingProxyType
@@ -17,7 +18,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from conftest import REPO, run_kiln
+from conftest import REPO, assert_one_line_error, run_kiln
 from onnx import TensorProto, helper
 
 import modelkiln
@@ -330,23 +331,36 @@ def test_presets_are_refused_here_with_the_install_hint(preset: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("options", "message"),
     [
-        ({"options": {"bogus": 1}}, "does not know option(s) bogus"),
-        ({"options": {"builder_optimization_level": 7}}, "must be 0..5"),
-        ({"options": {"workspace_mib": 0}}, "workspace_mib must be a whole number >= 1"),
-        ({"options": {"version_compatible": "yes"}}, "must be true or false"),
-        ({"options": {"hardware_compatibility_level": "turing"}}, "is not one of none"),
-        ({"device": "cpu"}, "has no device 'cpu'"),
-        ({"precision": "int8-dynamic"}, "not int8-dynamic"),
+        ({"bogus": 1}, "does not know option(s) bogus"),
+        ({"builder_optimization_level": 7}, "must be 0..5"),
+        ({"workspace_mib": 0}, "workspace_mib must be a whole number >= 1"),
+        ({"version_compatible": "yes"}, "must be true or false"),
+        ({"hardware_compatibility_level": "turing"}, "is not one of none"),
     ],
 )
-def test_target_mistakes_are_reported_without_tensorrt(
-    change: dict[str, Any], message: str
-) -> None:
-    data = {**load_target("nvidia-gpu").to_json(), **change}
-    with pytest.raises(UserInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        get_backend("tensorrt").check(Target.from_json(data))
+def test_option_mistakes_are_one_line(options: dict[str, Any], message: str) -> None:
+    from modelkiln.backends.tensorrt.options import build_options
+
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        build_options(_target(**options))
+
+
+def test_presets_options_are_valid() -> None:
+    from modelkiln.backends.tensorrt.options import build_options
+
+    for preset in ("nvidia-gpu", "nvidia-gpu-fp32", "nvidia-gpu-int8"):
+        options = build_options(load_target(preset))
+        assert options.builder_optimization_level == 3 and options.timing_cache is True
+
+
+def test_a_precision_tensorrt_lacks_is_refused_here(mlp_onnx: Path, tmp_path: Path) -> None:
+    toml = tmp_path / "gpu-dyn.toml"
+    toml.write_text('backend = "tensorrt"\ndevice = "cuda"\nprecision = "int8-dynamic"\n')
+    result = run_kiln("export", mlp_onnx, "-o", tmp_path / "o", "--target", toml)
+    line = assert_one_line_error(result, "tensorrt builds fp32, fp16, bf16, int8-static")
+    assert "int8-dynamic" in line
 
 
 def test_targets_lists_gpu_targets_with_reasons() -> None:

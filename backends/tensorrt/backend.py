@@ -75,11 +75,13 @@ class TensorRtBackend:
     calibrated = frozenset({Precision.INT8_STATIC})
 
     def check(self, target: Target) -> None:
-        # The target's own mistakes first: they are reported on any machine.
+        # Whether this machine can run TensorRT at all first, as the other backends do: an
+        # artifact's check (kiln bench, serve) asks exactly that.
+        trt, cudart = import_tensorrt(), import_cudart()
         build_options(target, self.name)
         check_precision(target, self.name, self.precisions)
         check_device(target, self.name, DEVICES)
-        this_machine(import_tensorrt(), import_cudart())
+        this_machine(trt, cudart)
 
     def lint(self, model: ir.Model, target: Target) -> list[str]:
         """The static check: what TensorRT's ONNX parser would refuse, one line each."""
