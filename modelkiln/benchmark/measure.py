@@ -193,7 +193,8 @@ def _block(run: Callable[[], Any], budget: float) -> list[float]:
 
 
 def summarize(config: Config) -> dict[str, Any]:
-    """Percentiles over every timed run, throughput, and the spread between rounds."""
+    """Percentiles over every timed run, throughput, and per round the median, the minimum
+    and the spread of the medians."""
     seconds = np.array([t for block in config.rounds for t in block], dtype=np.float64)
     ms = seconds * 1000.0
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
@@ -213,6 +214,7 @@ def summarize(config: Config) -> dict[str, Any]:
         "throughput_items_per_s": _r(config.items * seconds.size / seconds.sum()),
         "rounds": {
             "p50_ms": [_r(v) for v in round_p50],
+            "min_ms": [_r(min(block) * 1000.0) for block in config.rounds],
             "runs": [len(block) for block in config.rounds],
             "spread_pct": round(spread, 1),
         },

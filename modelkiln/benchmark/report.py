@@ -16,6 +16,8 @@ def subject_label(report: Mapping[str, Any], subject_id: str) -> str:
                 return "PyTorch" if s["runtime"].startswith("PyTorch") else "ONNX source"
             if s["kind"] == "reference":
                 return "OpenVINO direct (ov.convert_model)"
+            if s["kind"] == "peer":
+                return f"{s['id']} (peer, onnxruntime)"
             return f"{s['id']} ({s['target']}, {s['precision']})"
     return subject_id
 
@@ -24,7 +26,7 @@ def _rows(report: Mapping[str, Any], markdown: bool) -> tuple[list[str], list[li
     speedups = {(c["subject"], _key(c["dims"])): c["speedup_p50"] for c in report["comparisons"]}
     has_seq = any(r["sequence"] is not None for r in report["results"])
     head = ["subject", "batch", *(["seq"] if has_seq else [])]
-    head += ["p50 ms", "p90 ms", "p99 ms", "items/s", "round spread", "peak MB"]
+    head += ["p50 ms", "min ms", "p90 ms", "p99 ms", "items/s", "round spread", "peak MB"]
     if report["comparisons"]:
         head.append("vs PyTorch")
     rows = []
@@ -35,6 +37,7 @@ def _rows(report: Mapping[str, Any], markdown: bool) -> tuple[list[str], list[li
             _n(r["batch"]),
             *([_n(r["sequence"])] if has_seq else []),
             _ms(lat["p50"]),
+            _ms(lat["min"]),
             _ms(lat["p90"]),
             _ms(lat["p99"]),
             f"{r['throughput_items_per_s']:,.1f}",
@@ -72,9 +75,9 @@ def text_table(report: Mapping[str, Any]) -> str:
     settings = report["settings"]
     out.append(
         f"{settings['rounds']} interleaved rounds, {settings['min_time_s']:g}s measured per "
-        f"configuration after {settings['warmup']} warm-up run(s); round spread: ± half the "
-        "range of the per-round medians; peak MB: memory the subject added, at its highest "
-        "during its first run at that size"
+        f"configuration after {settings['warmup']} warm-up run(s); min ms: the fastest "
+        "single run; round spread: ± half the range of the per-round medians; peak MB: memory "
+        "the subject added, at its highest during its first run at that size"
     )
     out += [f"note: {n}" for n in report["notes"]]
     return "\n".join(out)

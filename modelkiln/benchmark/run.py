@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+import modelkiln.benchmark.peers as peers_mod
 import modelkiln.benchmark.plan as plan
 import modelkiln.benchmark.subjects as subjects_mod
 from modelkiln.artifact import Artifact
@@ -56,9 +57,9 @@ SCHEMA = "modelkiln.bench/1"
 BUSY_CORES = 0.2  # other processes' average CPU use above which the report warns
 FIELDS = {
     "latency_ms": "milliseconds per run (one call with a whole batch), percentiles over every "
-    "timed run of every round",
+    "timed run of every round; min is the fastest single run of all rounds",
     "throughput_items_per_s": "batch rows per second: batch × runs / total time of the runs",
-    "rounds": "per-round median latency, runs per round, and their spread: "
+    "rounds": "per round: median latency (p50_ms), fastest run (min_ms) and runs; spread: "
     "(max - min) / median of the round medians, in percent",
     "peak_rss_mb": "highest resident memory of the process during the first run of this "
     "configuration, minus the resident memory before its subject was loaded (MiB); Linux "
@@ -100,6 +101,7 @@ def bench(
     allow_pickle: bool = False,
     stock_architecture: bool = False,
     vs_openvino: bool = False,
+    peers: Mapping[str, str | os.PathLike[str]] | None = None,
     new_tokens: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -111,7 +113,9 @@ def bench(
     imported unless `baseline` is given; `allow_pickle` and `stock_architecture` are for
     the baseline checkpoint, as for `kiln export`. `vs_openvino` adds the baseline converted by
     OpenVINO itself (`ov.convert_model`, default settings) as one more subject, so an
-    OpenVINO artifact can be compared with OpenVINO's own route in the same run.
+    OpenVINO artifact can be compared with OpenVINO's own route in the same run. `peers`
+    maps names to plain `.onnx` graphs made by other tools, each run by ONNX Runtime
+    (ORT_ENABLE_ALL) on the first artifact's feeds (`modelkiln.benchmark.peers`).
 
     Text-generation artifacts are measured by generating instead
     (`modelkiln.benchmark.generation`): `seq` is the prompt length (one), `new_tokens` the
@@ -133,6 +137,7 @@ def bench(
         subjects_mod.check_checkpoint(baseline)
     elif vs_openvino:
         raise UserInputError("--vs-openvino needs --baseline: the checkpoint OpenVINO converts")
+    peer_paths = peers_mod.check_peers(peers or {}, [*labels, BASELINE_ID, OPENVINO_DIRECT_ID])
     decoders = [a.manifest.decoder is not None for a in opened]
     if any(decoders):
         if not all(decoders):
@@ -142,9 +147,9 @@ def bench(
             )
         if seq is not None and len(seq) > 1:
             raise UserInputError("--seq takes one prompt length for text-generation artifacts")
-        if vs_openvino or shapes:
+        if vs_openvino or shapes or peer_paths:
             raise UserInputError(
-                "--vs-openvino and --shape do not apply to text-generation artifacts"
+                "--vs-openvino, --peer and --shape do not apply to text-generation artifacts"
             )
         return bench_generation(
             opened,
@@ -206,6 +211,13 @@ def bench(
         del model
     else:
         artifacts_only = list(subjects)
+    first = artifacts_only[0]
+    for name, path in peer_paths.items():
+        peer = _Subject(name, {}, first.dims, first.feeds)
+        say(f"loading peer {name} ({path}, onnxruntime)")
+        peer.info, peer.run = peers_mod.load_peer(name, path, first.feeds[0], threads, meter)
+        _probe(peer, meter, say)
+        subjects.insert(len(subjects) - len(artifacts_only), peer)
     for subject, art in zip(artifacts_only, opened, strict=True):
         say(f"loading {subject.id}")
         subject.run, stats = subjects_mod.load_artifact(art, subject.id, threads, meter)

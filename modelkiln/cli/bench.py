@@ -11,6 +11,7 @@ import modelkiln.benchmark.plan as plan
 from modelkiln.artifact import Artifact, blocking_file
 from modelkiln.benchmark.generation import SCHEMA as GENERATION_SCHEMA
 from modelkiln.benchmark.generation import text_table as generation_table
+from modelkiln.benchmark.peers import parse_peer
 from modelkiln.benchmark.report import check_plot_available, plot, text_table
 from modelkiln.benchmark.run import bench as run_bench
 from modelkiln.cli.common import err, handle_errors, out, stock_architecture_option
@@ -76,6 +77,15 @@ def _check_writable(path: Path, option: str) -> None:
     "default settings): the yardstick for an OpenVINO artifact.",
 )
 @click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    metavar="NAME=PATH.onnx",
+    help="Also run a plain ONNX graph made by another tool (e.g. Optimum's), in ONNX Runtime "
+    "with all graph optimizations, the same threads and the first artifact's feeds (inputs it "
+    "does not take are left out). Repeatable.",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(path_type=Path),
@@ -106,6 +116,7 @@ def bench(
     allow_pickle: bool,
     stock_architecture: bool,
     vs_openvino: bool,
+    peers: tuple[str, ...],
     json_path: Path | None,
     plot_path: Path | None,
     quiet: bool,
@@ -126,6 +137,12 @@ def bench(
         if name in parsed:
             raise UserInputError(f"--shape given twice for input '{name}'")
         parsed[name] = dims
+    peer_paths: dict[str, Path] = {}
+    for text in peers:
+        name, path = parse_peer(text)
+        if name in peer_paths:
+            raise UserInputError(f"--peer {name} given twice; give each peer its own name")
+        peer_paths[name] = path
     if json_path is not None and str(json_path) != "-":
         _check_writable(json_path, "--json")
     if plot_path is not None:
@@ -152,6 +169,7 @@ def bench(
         allow_pickle=allow_pickle,
         stock_architecture=stock_architecture,
         vs_openvino=vs_openvino,
+        peers=peer_paths,
         new_tokens=new_tokens,
         progress=progress,
     )
