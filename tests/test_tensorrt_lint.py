@@ -381,6 +381,22 @@ def test_quantize_dequantize_pair_with_zero_points_is_clean() -> None:
     assert lint(proto) == []
 
 
+def test_int8_weights_in_a_constant_node_feeding_dq_are_clean() -> None:
+    weights = init("wq", np.arange(16, dtype=np.int8).reshape(4, 4))
+    proto = model(
+        [
+            helper.make_node("Constant", [], ["wq"], name="weights", value=weights),
+            helper.make_node("DequantizeLinear", ["wq", "s"], ["w"], name="dq"),
+            helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+        ],
+        [tensor("x")],
+        [tensor("y")],
+        [init("s", np.array(0.05, np.float32))],
+        value_info=[tensor("wq", TensorProto.INT8, (4, 4))],
+    )
+    assert lint(proto) == []
+
+
 def test_int8_between_q_and_an_op_other_than_dq_is_refused() -> None:
     proto = model(
         [

@@ -241,6 +241,8 @@ class _Linter:
                 dtype = _dtype(value)
                 if value is None or dtype is None or dtype in spec.types:
                     continue
+                if dtype in QUANTIZED_TYPES:  # governed by the Q/DQ rule alone
+                    continue
                 if self._type_problem(value, dtype) is None:  # else reported with the value
                     yield (
                         f"{role} '{value.name}' is {_type_name(dtype)}; TensorRT's "
