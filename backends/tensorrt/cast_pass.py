@@ -59,7 +59,9 @@ def _np_half(dtype: ir.DataType) -> np.dtype:
     return np.dtype(ml_dtypes.bfloat16)
 
 
-def _half_tensor(array: np.ndarray, dtype: ir.DataType, name: str | None = None) -> ir.Tensor:
+def _half_tensor(
+    array: np.ndarray, dtype: ir.DataType, name: str | None = None
+) -> ir.TensorProtocol:
     if dtype == ir.DataType.FLOAT16:  # out-of-range values (masks of -3.4e38) saturate
         array = np.clip(array, -HALF_MAX, HALF_MAX)
     return ir.tensor(array.astype(_np_half(dtype)), dtype=dtype, name=name)
@@ -104,11 +106,11 @@ class CastToHalf(ir.passes.InPlacePass):
         for value in graph.inputs:
             if value.dtype != FLOAT or first is None:
                 continue
-            users = [(u, i) for u, i in value.uses() if id(u) not in kept]
-            if users:
+            uses = [(u, i) for u, i in value.uses() if id(u) not in kept]
+            if uses:
                 cast = self._cast(value, self.dtype)
                 graph.insert_before(first, cast)
-                for user, index in users:
+                for user, index in uses:
                     user.replace_input_with(index, cast.outputs[0])
                 modified = True
         for node in nodes:
