@@ -153,7 +153,8 @@ def export_targets(
     pairs = list(zip(targets, backends, strict=True))
     check_request(options, pairs, validate)
     ranges = common_ranges(targets)  # disjoint shape ranges: one line, exit 2
-    early = _onnx_source(protected)  # an .onnx source is checked before anything else
+    linted = any(isinstance(b, StaticCheck) for b in backends)
+    early = _onnx_source(protected) if linted else None  # checked before anything else
     if early is not None:
         _static_checks(early, pairs, progress)
         if held:
@@ -170,7 +171,7 @@ def export_targets(
         targets=targets,
         stock_architecture=stock_architecture,
     )
-    if early is None:
+    if linted and early is None:
         _static_checks(prepared.model, pairs, progress)
         if held:
             raise held[0]
