@@ -1,4 +1,5 @@
-"""all-MiniLM-L6-v2: export to every available target, bench each against PyTorch.
+"""all-MiniLM-L6-v2: export to every available target, bench each against PyTorch and the
+strongest peers, as fractions of this machine's peak.
 
 For every built-in target (`modelkiln.targets.preset_names()`) whose backend this machine
 can build for, runs `kiln export CHECKPOINT -o TMP/minilm-TARGET --target TARGET --json
@@ -9,13 +10,22 @@ interleaved rounds. Targets whose backend is
 missing, or whose export fails, are listed with the reason. New presets are picked up
 without changing this script.
 
+The same `kiln bench` runs the peers `peers.py` builds where their tools are installed
+(Optimum's O2 graph, onnxscript's ORT fusions, `transformers.exporters` with
+`ort_fusions`), each as `--peer NAME=PATH.onnx`, and OpenVINO's own conversion; `peak.py`
+measures the machine's fp32 and int8 peak just before, so every figure is also a fraction
+of what the cores can do (`flops.py` says what is counted). Rendering: `minilm_report.py`.
+
 Writes benchmarks/results/minilm.json (machine, export times, the full bench report) and
 benchmarks/results/minilm.md (the tables the README's performance section shows), and prints
 the markdown.
 
     .venv/bin/python benchmarks/minilm.py [--batch 1,8,32] [--seq 16,128] [--rounds 5]
         [--min-time 5] [--threads N] [--targets cpu,...] [--wait-quiet S]
-        [--plot FILE.png] [--checkpoint DIR]
+        [--optimum-python /tmp/optvenv/bin/python] [--peers optimum-O2,...] [--no-peers]
+        [--peak-seconds 2] [--quick] [--plot FILE.png] [--checkpoint DIR] [--output FILE]
+
+`--quick` (for development): batch 1,32 × seq 128, 3 rounds of 2 s, a short peak.
 
 Run it on a quiet machine: the report states how much CPU other processes used meanwhile.
 """
@@ -40,6 +50,10 @@ from _common import (  # noqa: E402
     wait_quiet,
     write_json,
 )
+from flops import read_config  # noqa: E402
+from minilm_report import efficiency, markdown  # noqa: E402
+from peak import describe, measure_peak  # noqa: E402
+from peers import build_peers, usable  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "minilm"
 
@@ -90,11 +104,19 @@ def export(
     }
 
 
-def bench(checkpoint: str, artifacts: list[str], folder: Path, args: argparse.Namespace) -> Any:
+def bench(
+    checkpoint: str,
+    artifacts: list[str],
+    peers: dict[str, str],
+    folder: Path,
+    args: argparse.Namespace,
+) -> Any:
     report = folder / "bench.json"
     cmd = [*kiln_command(), "bench", *artifacts, "--baseline", checkpoint]
     if args.vs_openvino:
         cmd.append("--vs-openvino")
+    for name, path in peers.items():
+        cmd += ["--peer", f"{name}={path}"]
     cmd += ["--batch", args.batch, "--seq", args.seq, "--rounds", str(args.rounds)]
     cmd += ["--warmup", str(args.warmup), "--min-time", str(args.min_time), "--json", str(report)]
     if args.threads:
@@ -104,130 +126,47 @@ def bench(checkpoint: str, artifacts: list[str], folder: Path, args: argparse.Na
     done = subprocess.run(cmd, cwd=folder, stdout=subprocess.DEVNULL)  # progress on stderr
     if done.returncode != 0:
         raise SystemExit(f"kiln bench failed with exit code {done.returncode}")
-    return json.loads(report.read_text()), " ".join(["kiln", *cmd[3:]])
+    command = " ".join(["kiln", *cmd[3:]])
+    for name, path in peers.items():
+        command = command.replace(path, f"{name.upper()}.onnx")
+    return json.loads(report.read_text()), command
 
 
-def markdown(results: dict[str, Any]) -> str:
-    from modelkiln.benchmark.report import markdown_table
-
-    report = results["bench"]
-    m, s = report["machine"], report["settings"]
-    versions = m["versions"]
-    lines = [
-        "# all-MiniLM-L6-v2: artifacts vs PyTorch",
-        "",
-        f"Measured by `benchmarks/minilm.py` on {results['date'][:10]}: {m['cpu_model']} "
-        f"({m['usable_cores']} usable cores, no GPU), {m['platform']}, Python {m['python']}, "
-        f"torch {versions['torch']}, onnxruntime {versions['onnxruntime']}; "
-        f"{s['threads']} threads for every subject, {s['rounds']} interleaved rounds, "
-        f"{s['min_time_s']:g} s measured per configuration after {s['warmup']} warm-up run(s); "
-        f"attention masks all ones; other processes used {s['other_processes_cpu_cores']} "
-        "cores on average meanwhile.",
-        "",
-        markdown_table(report),
-        "",
-        "p50/p90/p99: milliseconds per call with the whole batch; items/s: sentences per "
-        "second; round spread: ± half the range of the per-round medians; peak MB: resident "
-        "memory the subject added, at its highest during its first run at that size; "
-        "vs PyTorch: PyTorch p50 / artifact p50 (above 1: the artifact is faster).",
-    ]
-    lines += [f"Note: {n}" for n in report["notes"]]
-    for sub in report["subjects"]:
-        ran = ((sub.get("backend_info") or {}).get("compiled") or {}).get("inference_precision")
-        half = sub.get("precision") in ("fp16", "bf16")
-        if ran and half and not _same_precision(ran, sub["precision"]):
-            lines.append(
-                f"\nNote: `{sub['id']}` asks for {sub['precision']}, but its compiled model "
-                f"reports inference precision {ran} (this CPU lacks {sub['precision']} "
-                "instructions), so its figures are those of that precision."
-            )
-    lines += [
-        "",
-        "Load: "
-        + "; ".join(
-            f"{sub['id']} {sub['load_s']:.2f} s (+{sub['load_rss_mb']:.0f} MB)"
-            for sub in report["subjects"]
-        )
-        + " (library imports not included).",
-    ]
-    exports = results["exports"]
-    if exports:
-        stages = list(dict.fromkeys(k for e in exports.values() for k in e["stages"]))
-        head = ["target", *stages, "stages total", "wall", "size MB"]
-        lines += [
-            "",
-            "Export (`kiln export --target TARGET --json --no-cache`, one run each, seconds):",
-            "",
-        ]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for target, e in exports.items():
-            cells = [f"{e['stages'].get(k, 0.0):.1f}" for k in stages]
-            cells += [
-                f"{e['stages_total']:.1f}",
-                f"{e['wall']:.1f}",
-                f"{e['size_bytes'] / 1e6:.1f}",
-            ]
-            lines.append("| " + " | ".join([target, *cells]) + " |")
-    measured = {t: e for t, e in exports.items() if e.get("accuracy")}
-    if measured:
-        lines += [
-            "",
-            "Accuracy of the reduced-precision artifacts: sentence embeddings (mean-pooled, "
-            "each text alone) against fp32 PyTorch on `samples/minilm/evaluation.txt`:",
-            "",
-            "| target | precision | min cosine | mean cosine | worst sentence |",
-            "|---|---|---|---|---|",
-        ]
-        for target, e in measured.items():
-            acc = e["accuracy"]
-            worst = (acc.get("worst") or [{}])[0].get("name", "")
-            lines.append(
-                f"| {target} | {e['precision']} | {acc['cosine']['min']:.4f} | "
-                f"{acc['cosine']['mean']:.4f} | {worst.replace('|', '/')} |"
-            )
-        for target, e in measured.items():
-            rows = e["accuracy"].get("candidates")
-            if not rows:
-                continue
-            lines += [
-                "",
-                f"`--precision auto` candidates of `{target}` (latency: median of 10 runs at "
-                "batch 1 × 128 during the export):",
-                "",
-                "| candidate | latency ms | size MB | min cosine | budget |",
-                "|---|---|---|---|---|",
-            ]
-            for row in rows:
-                verdict = (
-                    "chosen"
-                    if row["candidate"] == e["accuracy"]["chosen"]
-                    else ("pass" if row["passed"] else "fail")
-                )
-                latency = "-" if row["latency_ms"] is None else f"{row['latency_ms']:.2f}"
-                size = "-" if row["size_bytes"] is None else f"{row['size_bytes'] / 1e6:.1f}"
-                cos = "-" if row["cosine_min"] is None else f"{row['cosine_min']:.4f}"
-                lines.append(f"| {row['candidate']} | {latency} | {size} | {cos} | {verdict} |")
-    for target, reason in results["skipped_targets"].items():
-        lines.append(f"\nTarget `{target}` not measured: {reason}")
-    return "\n".join(lines) + "\n"
-
-
-def _same_precision(reported: str, requested: str) -> bool:
-    def norm(name: str) -> str:  # OpenVINO says f32/f16 where targets say fp32/fp16
-        return {"f32": "fp32", "f16": "fp16"}.get(name.lower(), name.lower())
-
-    return norm(reported) == norm(requested)
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", help="checkpoint folder (default: the MiniLM sample)")
     parser.add_argument("--targets", help="comma-separated presets (default: every available)")
-    parser.add_argument("--batch", default="1,8,32")
-    parser.add_argument("--seq", default="16,128")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--min-time", type=float, default=5.0)
+    parser.add_argument("--batch", default=None, help="[default: 1,8,32; --quick 1,32]")
+    parser.add_argument("--seq", default=None, help="[default: 16,128; --quick 128]")
+    parser.add_argument("--rounds", type=int, default=None, help="[default: 5; --quick 3]")
+    parser.add_argument("--warmup", type=int, default=None, help="[default: 2; --quick 1]")
+    parser.add_argument("--min-time", type=float, default=None, help="[default: 5; --quick 2]")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="for development: batch 1,32 × seq 128, 3 rounds of 2 s, a short peak",
+    )
+    parser.add_argument(
+        "--optimum-python",
+        default=None,
+        help="Python of a venv with optimum (default: this one, where optimum is installed)",
+    )
+    parser.add_argument(
+        "--peers",
+        default=None,
+        help="comma-separated peers: optimum-O2, onnxscript-ort, transformers-ort (default: all)",
+    )
+    parser.add_argument("--no-peers", action="store_true", help="bench no peer graphs")
+    parser.add_argument(
+        "--peak-seconds",
+        type=float,
+        default=None,
+        help="seconds per peak trial (3 trials per kind) [default: 2; --quick 0.5]",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
         "--wait-quiet",
@@ -257,6 +196,13 @@ def main() -> int:
     )
     parser.add_argument("--output", type=Path, default=RESULTS / "minilm.json")
     args = parser.parse_args()
+    quick = {"batch": "1,32", "seq": "128", "rounds": 3, "warmup": 1, "min_time": 2.0}
+    full = {"batch": "1,8,32", "seq": "16,128", "rounds": 5, "warmup": 2, "min_time": 5.0}
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.peak_seconds is None:
+        args.peak_seconds = 0.5 if args.quick else 2.0
 
     checkpoint = args.checkpoint or default_checkpoint()
     if args.vs_openvino:
@@ -290,6 +236,10 @@ def main() -> int:
         if not exports:
             raise SystemExit("no target exported: " + "; ".join(skipped.values()))
         artifacts = [e["artifact"] for e in exports.values()]
+        peers: dict[str, dict[str, Any]] = {}
+        if not args.no_peers:
+            only = args.peers.split(",") if args.peers else None
+            peers = build_peers(checkpoint, folder / "peers", args.optimum_python, only, _say)
         if args.wait_quiet:
             print("waiting for a quiet machine…", file=sys.stderr, flush=True)
             waited = wait_quiet(args.wait_quiet)
@@ -298,7 +248,10 @@ def main() -> int:
                 file=sys.stderr,
                 flush=True,
             )
-        report, command = bench(checkpoint, artifacts, folder, args)
+        print("measuring the machine's peak…", file=sys.stderr, flush=True)
+        peak = measure_peak(args.threads, args.peak_seconds, trials=3)
+        print(f"  {describe(peak)}", file=sys.stderr, flush=True)
+        report, command = bench(checkpoint, artifacts, usable(peers), folder, args)
     results = {
         "benchmark": "all-MiniLM-L6-v2: kiln bench of every available target vs PyTorch",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -307,8 +260,15 @@ def main() -> int:
         "git": git_revision(),
         "exports": exports,
         "skipped_targets": skipped,
+        "peers": peers,
+        "peak": peak,
+        "model_config": {
+            k: read_config(checkpoint)[k]
+            for k in ("hidden_size", "intermediate_size", "num_hidden_layers")
+        },
         "bench": report,
     }
+    results["efficiency"] = efficiency(results)
     write_json(args.output, results)
     text = markdown(results)
     args.output.with_suffix(".md").write_text(text)
