@@ -32,7 +32,8 @@ def describe(path: str | Path) -> dict[str, Any]:
             "source": m.source.path,
             "inputs": raw["inputs"],
             "outputs": specs_to_json(m.outputs),
-            "passes": [p.to_json() for p in m.passes],
+            "passes": [p.to_json() for p in m.passes]
+            + [{**p.to_json(), "backend": m.backend.name} for p in m.backend.passes],
             "validation": _validation_summary(m.validation),
             "accuracy": None if m.accuracy is None else m.accuracy.to_json(),
             "size_bytes": m.size_bytes,

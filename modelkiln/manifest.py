@@ -100,23 +100,27 @@ class SourceRecord:
 @dataclass
 class BackendSection:
     """What a backend recorded at build time: its name, its files by role ("model",
-    "weights"), and its own details (versions, options, what the device reported)."""
+    "weights"), its own details (versions, options, what the device reported) and the graph
+    passes it ran on its copy of the model after the shared ones (`Manifest.passes`)."""
 
     name: str
     files: dict[str, str]
     details: dict[str, Any] = field(default_factory=dict)
+    passes: list[PassRecord] = field(default_factory=list)
 
     def get(self, key: str, default: Any = None) -> Any:
         """One of the backend's own details."""
         return self.details.get(key, default)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "files": dict(self.files), **self.details}
+        passes = {"passes": [p.to_json() for p in self.passes]} if self.passes else {}
+        return {"name": self.name, "files": dict(self.files), **self.details, **passes}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BackendSection:
-        details = {k: v for k, v in data.items() if k not in ("name", "files")}
-        return cls(str(data["name"]), dict(data["files"]), details)
+        details = {k: v for k, v in data.items() if k not in ("name", "files", "passes")}
+        passes = [PassRecord.from_json(p) for p in data.get("passes", [])]
+        return cls(str(data["name"]), dict(data["files"]), details, passes)
 
 
 @dataclass

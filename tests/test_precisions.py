@@ -19,6 +19,7 @@ from conftest import Exported
 
 from modelkiln.backends.base import BuildRequest
 from modelkiln.backends.onnxruntime import OnnxRuntimeBackend
+from modelkiln.backends.onnxruntime.backend import ALPHAS
 from modelkiln.exporter.accuracy import cosine_rows, pooled
 from modelkiln.precision.candidates import quantizable_nodes
 from modelkiln.targets import Target
@@ -32,6 +33,18 @@ def calibration_feeds(count: int = 12) -> list[dict[str, np.ndarray]]:
 
 def eval_feeds() -> list[dict[str, np.ndarray]]:
     return [models.text_feeds(INPUTS, 1, n, seed=7 + n) for n in (5, 17, 33)]
+
+
+@pytest.fixture(scope="module")
+def plain_bert(tmp_path_factory, tiny_bert_dir) -> Exported:
+    """The tiny BERT exported without ONNX Runtime's fusions: its model.onnx is the shared
+    simplified model every backend builds from (no com.microsoft ops)."""
+    import modelkiln
+
+    out = tmp_path_factory.mktemp("artifacts") / "tiny-bert-plain"
+    target = Target(name="cpu-plain", backend="onnxruntime", options={"ort_fusions": "off"})
+    result = modelkiln.export(tiny_bert_dir, out, target=target)
+    return Exported(tiny_bert_dir, out, models.read_manifest(out), result)
 
 
 def fp32_model(artifact: Exported) -> ir.Model:
@@ -63,8 +76,8 @@ def min_cosine(reference: list[np.ndarray], got: list[np.ndarray], feeds: list) 
 
 
 @pytest.fixture(scope="module")
-def fp32_outputs(tiny_bert_artifact: Exported) -> list[np.ndarray]:
-    return [ort_run(tiny_bert_artifact.path / "model.onnx", f) for f in eval_feeds()]
+def fp32_outputs(plain_bert: Exported) -> list[np.ndarray]:
+    return [ort_run(plain_bert.path / "model.onnx", f) for f in eval_feeds()]
 
 
 @pytest.mark.parametrize(
@@ -72,12 +85,13 @@ def fp32_outputs(tiny_bert_artifact: Exported) -> list[np.ndarray]:
     [
         ("fp16", {"Cast"}, 0.999),
         ("int8-dynamic", {"DynamicQuantizeLinear", "MatMulInteger"}, 0.98),
+        ("int8-smooth", {"DynamicQuantizeLinear", "MatMulInteger"}, 0.98),
         ("int8-static", {"QuantizeLinear", "DequantizeLinear"}, 0.98),
         ("int4-weights", {"MatMulNBits"}, 0.9),
     ],
 )
 def test_onnxruntime_precision(
-    tiny_bert_artifact: Exported,
+    plain_bert: Exported,
     fp32_outputs: list[np.ndarray],
     tmp_path: Path,
     precision: str,
@@ -88,11 +102,17 @@ def test_onnxruntime_precision(
     target = Target(name="t", backend="onnxruntime", precision=precision)
     backend.check(target)
     section = backend.build(
-        BuildRequest(fp32_model(tiny_bert_artifact), target, tmp_path, calibration_feeds())
+        BuildRequest(fp32_model(plain_bert), target, tmp_path, calibration_feeds())
     )
     assert section.name == "onnxruntime" and section.files == {"model": "model.onnx"}
     record = section.get("quantization")
     assert record["precision"] == precision and record["tool"]
+    if precision == "int8-smooth":  # SmoothQuant first, its alpha searched on the calibration
+        smoothed = section.get("smooth_quant")
+        assert smoothed["alpha"] in ALPHAS and set(smoothed["alpha_worst_cosine"]) == {
+            f"{a:g}" for a in ALPHAS
+        }
+        assert smoothed["matmuls"] == len(quantizable_nodes(fp32_model(plain_bert))) - 3
     path = tmp_path / section.files["model"]
     graph_ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert ops <= graph_ops, graph_ops
@@ -100,14 +120,12 @@ def test_onnxruntime_precision(
     got = [ort_run(path, f) for f in eval_feeds()]
     assert min_cosine(fp32_outputs, got, eval_feeds()) >= floor
     if precision != "fp16":
-        fp32 = weight_bytes(tiny_bert_artifact.path / "model.onnx")
+        fp32 = weight_bytes(plain_bert.path / "model.onnx")
         assert weight_bytes(path) < 0.6 * fp32
 
 
-def test_onnxruntime_keep_leaves_named_nodes_in_float(
-    tiny_bert_artifact: Exported, tmp_path: Path
-) -> None:
-    model = fp32_model(tiny_bert_artifact)
+def test_onnxruntime_keep_leaves_named_nodes_in_float(plain_bert: Exported, tmp_path: Path) -> None:
+    model = fp32_model(plain_bert)
     names = quantizable_nodes(model)
     assert len(names) >= 12  # 6 Linear layers per BERT layer, 2 layers
     backend = OnnxRuntimeBackend()
@@ -134,13 +152,13 @@ def test_onnxruntime_keep_leaves_named_nodes_in_float(
 
 
 def test_static_int8_without_calibration_is_a_build_error(
-    tiny_bert_artifact: Exported, tmp_path: Path
+    plain_bert: Exported, tmp_path: Path
 ) -> None:
     from modelkiln.errors import BuildError
 
     target = Target(name="t", backend="onnxruntime", precision="int8-static")
     with pytest.raises(BuildError, match="needs calibration"):
-        OnnxRuntimeBackend().build(BuildRequest(fp32_model(tiny_bert_artifact), target, tmp_path))
+        OnnxRuntimeBackend().build(BuildRequest(fp32_model(plain_bert), target, tmp_path))
 
 
 # --------------------------------------------------------------------------- openvino
@@ -151,7 +169,7 @@ def test_static_int8_without_calibration_is_a_build_error(
     [("int8-static", 0.98), ("int8-weights", 0.99), ("int4-weights", 0.8)],
 )
 def test_openvino_precision(
-    tiny_bert_artifact: Exported,
+    plain_bert: Exported,
     fp32_outputs: list[np.ndarray],
     tmp_path: Path,
     precision: str,
@@ -165,7 +183,7 @@ def test_openvino_precision(
     target = Target(name="t", backend="openvino", precision=precision)
     backend.check(target)
     section = backend.build(
-        BuildRequest(fp32_model(tiny_bert_artifact), target, tmp_path, calibration_feeds())
+        BuildRequest(fp32_model(plain_bert), target, tmp_path, calibration_feeds())
     )
     record = section.get("quantization")
     assert record["precision"] == precision and record["tool"].startswith("nncf")
@@ -175,18 +193,18 @@ def test_openvino_precision(
     compiled = core.compile_model(str(tmp_path / "model.xml"), "CPU")
     got = [compiled(f)[compiled.output("last_hidden_state")] for f in eval_feeds()]
     assert min_cosine(fp32_outputs, got, eval_feeds()) >= floor
-    fp32_bytes = (tiny_bert_artifact.path / "model.onnx").stat().st_size
+    fp32_bytes = (plain_bert.path / "model.onnx").stat().st_size
     assert (tmp_path / "model.bin").stat().st_size < 0.6 * fp32_bytes
 
 
-def test_openvino_keep_float_bypasses_only_the_named_nodes(tiny_bert_artifact: Exported) -> None:
+def test_openvino_keep_float_bypasses_only_the_named_nodes(plain_bert: Exported) -> None:
     ov = pytest.importorskip("openvino")
     pytest.importorskip("nncf")
     from modelkiln.backends.openvino.quantize import keep_float, quantize
 
-    model = fp32_model(tiny_bert_artifact)
+    model = fp32_model(plain_bert)
     names = quantizable_nodes(model)
-    path = Path(str(tiny_bert_artifact.path / "model.onnx"))
+    path = Path(str(plain_bert.path / "model.onnx"))
     quantized, _ = quantize(
         ov.Core().read_model(str(path)), "int8-static", calibration=calibration_feeds()
     )
@@ -212,7 +230,7 @@ def test_openvino_keep_float_bypasses_only_the_named_nodes(tiny_bert_artifact: E
 
 
 def test_int4_block_size_and_accuracy_level_are_target_options(
-    tiny_bert_artifact: Exported, tmp_path: Path
+    plain_bert: Exported, tmp_path: Path
 ) -> None:
     from modelkiln.errors import UserInputError
 
@@ -220,7 +238,7 @@ def test_int4_block_size_and_accuracy_level_are_target_options(
     options = {"int4_block_size": 64, "int4_accuracy_level": 0}
     target = Target(name="t", backend="onnxruntime", precision="int4-weights", options=options)
     backend.check(target)
-    section = backend.build(BuildRequest(fp32_model(tiny_bert_artifact), target, tmp_path))
+    section = backend.build(BuildRequest(fp32_model(plain_bert), target, tmp_path))
     record = section.get("quantization")
     assert (record["block_size"], record["accuracy_level"]) == (64, 0)
     graph = onnx.load(str(tmp_path / "model.onnx")).graph
@@ -229,7 +247,7 @@ def test_int4_block_size_and_accuracy_level_are_target_options(
     default = Target(name="d", backend="onnxruntime", precision="int4-weights")
     out = tmp_path / "default"
     out.mkdir()
-    record = backend.build(BuildRequest(fp32_model(tiny_bert_artifact), default, out))
+    record = backend.build(BuildRequest(fp32_model(plain_bert), default, out))
     assert (
         record.get("quantization")["block_size"],
         record.get("quantization")["accuracy_level"],

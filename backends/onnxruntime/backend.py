@@ -1,8 +1,10 @@
 """ONNX Runtime backend: the fallback that runs everywhere.
 
-The artifact holds the portable ONNX model from our passes; ORT's own fusions happen when a
-session is created (at the target's graph optimization level), so they never leak into the
-model shared with other backends.
+The artifact holds the model from the shared passes plus this backend's own: ONNX Runtime's
+contrib-op fusions (`fusions.py`, target option `ort_fusions`) on a copy, so they never reach
+the model other backends build from; ORT's load-time optimizer runs on top when a session is
+created (at the target's graph optimization level). Reduced precisions quantize the fused
+graph (int8-smooth smooths it first, `smooth_quant.py`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelkiln.backends.base import BuildRequest
-from modelkiln.backends.onnxruntime.quantize import Int4Settings, quantize
+from modelkiln.backends.onnxruntime import fusions
+from modelkiln.backends.onnxruntime.quantize import Int4Settings, quantize, smoothed_for_int8
 from modelkiln.backends.onnxruntime.session import OnnxRuntimeSession
 from modelkiln.backends.registry import install_hint
 from modelkiln.backends.target_checks import (
@@ -24,7 +27,7 @@ from modelkiln.backends.target_checks import (
     option_whole_number,
 )
 from modelkiln.errors import BackendUnavailable, UserInputError
-from modelkiln.manifest import BackendSection
+from modelkiln.manifest import BackendSection, PassRecord
 from modelkiln.precision.names import Precision
 
 if TYPE_CHECKING:
@@ -40,6 +43,8 @@ OPTIONS = {
     "external_data_threshold_bytes",
     "int4_block_size",
     "int4_accuracy_level",
+    "ort_fusions",
+    "smooth_quant_alpha",
 }
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 DEVICES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -48,6 +53,7 @@ PRECISIONS = (
     Precision.FP32,
     Precision.FP16,
     Precision.INT8_DYNAMIC,
+    Precision.INT8_SMOOTH,
     Precision.INT8_STATIC,
     Precision.INT4_WEIGHTS,
 )
@@ -70,13 +76,31 @@ def _int4_settings(target: Target) -> Int4Settings:
     return Int4Settings(block, level)
 
 
+# SmoothQuant's migration strength: `auto` builds each and keeps the best on the calibration
+# samples (0.7 won on MiniLM; the paper's default is 0.5).
+ALPHAS = (0.5, 0.6, 0.7, 0.8)
+
+
+def _alphas(target: Target) -> tuple[float, ...]:
+    value = target.options.get("smooth_quant_alpha", "auto")
+    if value == "auto":
+        return ALPHAS
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise UserInputError(
+            f"target '{target.name}': smooth_quant_alpha must be \"auto\" or a number in "
+            f"(0, 1], got {value!r}"
+        )
+    return (float(value),)
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
     precisions = PRECISIONS
-    calibrated = frozenset({Precision.INT8_STATIC})
+    calibrated = frozenset({Precision.INT8_STATIC, Precision.INT8_SMOOTH})
 
     def __init__(self) -> None:
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        self._chosen_alpha: dict[Path, float] = {}
 
     def check(self, target: Target) -> None:
         try:
@@ -88,7 +112,9 @@ class OnnxRuntimeBackend:
         check_options(target, self.name, OPTIONS)
         option_choice(target, "graph_optimization_level", LEVELS, "all")
         option_whole_number(target, "external_data_threshold_bytes", 0)
+        option_choice(target, "ort_fusions", fusions.CHOICES, fusions.AUTO)
         _int4_settings(target)
+        _alphas(target)
         check_precision(target, self.name, PRECISIONS)
         check_device(target, self.name, DEVICES)
         provider = DEVICES[target.device]
@@ -103,17 +129,30 @@ class OnnxRuntimeBackend:
         import onnx_ir as ir  # for building only: loading an artifact does not need it
 
         target, model, out = request.target, request.model, request.out
-        if request.precision is not Precision.FP32:
-            record = quantize(
+        precision = request.precision
+        extra: dict[str, Any] = {}
+        if precision is Precision.INT8_SMOOTH:
+            model, extra["smooth_quant"] = smoothed_for_int8(
+                model, request.calibration, sorted(request.keep_float), self._alphas(request)
+            )
+            key = self._calibration_cache(request)
+            if key is not None:
+                self._chosen_alpha.setdefault(key, extra["smooth_quant"]["alpha"])
+        asked = option_choice(target, "ort_fusions", fusions.CHOICES, fusions.AUTO)
+        level = fusions.resolve(asked, precision)
+        model, passes, counts = fusions.fuse(model, level)
+        extra["ort_fusions"] = {"level": level, "asked": asked, "fused": counts}
+        if precision is not Precision.FP32:
+            extra["quantization"] = quantize(
                 ir.serde.serialize_model(model),
-                request.precision,
+                precision,
                 out / MODEL_FILE,
                 calibration=request.calibration,
                 keep=sorted(request.keep_float),
                 calibration_cache=self._calibration_cache(request),
                 int4=_int4_settings(target),
             )
-            return self._section(target, {"model": MODEL_FILE}, quantization=record)
+            return self._section(target, {"model": MODEL_FILE}, passes, **extra)
         threshold = int(
             target.options.get("external_data_threshold_bytes", DEFAULT_EXTERNAL_DATA_THRESHOLD)
         )
@@ -128,9 +167,21 @@ class OnnxRuntimeBackend:
             files["weights"] = WEIGHTS_FILE
         else:
             ir.save(model, out / MODEL_FILE)
-        return self._section(target, files)
+        return self._section(target, files, passes, **extra)
 
-    def _section(self, target: Target, files: dict[str, str], **extra: Any) -> BackendSection:
+    def _alphas(self, request: BuildRequest) -> tuple[float, ...]:
+        """The alphas to try: the target's, or after one search per model and calibration
+        set in this process (the mixed-precision search rebuilds one model many times) the
+        one it chose."""
+        alphas = _alphas(request.target)
+        key = self._calibration_cache(request)
+        if len(alphas) > 1 and key is not None and key in self._chosen_alpha:
+            return (self._chosen_alpha[key],)
+        return alphas
+
+    def _section(
+        self, target: Target, files: dict[str, str], passes: list[PassRecord], **extra: Any
+    ) -> BackendSection:
         """The manifest's backend section, whatever the precision."""
         import onnxruntime as ort
 
@@ -141,7 +192,7 @@ class OnnxRuntimeBackend:
             "onnxruntime_version": ort.__version__,
             **extra,
         }
-        return BackendSection(self.name, files, details)
+        return BackendSection(self.name, files, details, passes=passes)
 
     def _calibration_cache(self, request: BuildRequest) -> Path | None:
         """A per-process JSON file of activation ranges for this model and calibration set:

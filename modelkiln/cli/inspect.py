@@ -45,8 +45,9 @@ def inspect(path: Path, as_json: bool) -> None:
     if info.get("passes"):
         out.print("passes:")
         for p in info["passes"]:
+            where = f" ({p['backend']})" if p.get("backend") else ""
             out.print(
-                f"  {p['name']}: {p['nodes_before']} -> {p['nodes_after']} nodes, "
+                f"  {p['name']}{where}: {p['nodes_before']} -> {p['nodes_after']} nodes, "
                 f"{p['seconds'] * 1000:.0f} ms"
             )
     if "validation" in info:

@@ -19,6 +19,7 @@ class Precision(StrEnum):
     FP16 = "fp16"
     BF16 = "bf16"
     INT8_DYNAMIC = "int8-dynamic"
+    INT8_SMOOTH = "int8-smooth"
     INT8_STATIC = "int8-static"
     INT8_WEIGHTS = "int8-weights"
     INT4_WEIGHTS = "int4-weights"
@@ -41,7 +42,7 @@ class Precision(StrEnum):
     def mixable(self) -> bool:
         """Whether layers can be kept in float one by one (activation quantization);
         weight-only compression has no per-layer activation quantizers to remove."""
-        return self in (Precision.INT8_STATIC, Precision.INT8_DYNAMIC)
+        return self in (Precision.INT8_STATIC, Precision.INT8_DYNAMIC, Precision.INT8_SMOOTH)
 
 
 # Not a precision: a target setting that asks the search to pick one (modelkiln.precision).
