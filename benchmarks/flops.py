@@ -41,11 +41,16 @@ def read_config(checkpoint: str | Path) -> dict[str, Any]:
     return data
 
 
-def peak_kind(precision: str | None) -> str:
+def peak_kind(precision: str | None, runs_as: str | None = None) -> str:
     """Which peak a subject is held to: int8 for int8 compute (dynamic or static
-    quantization), fp32 for everything else (weight-only int8/int4 computes in float)."""
+    quantization), bf16 where the subject computes in bf16 (`runs_as`: the inference
+    precision its runtime reports, e.g. OpenVINO's default on CPUs with AVX512-BF16), fp32
+    for everything else (weight-only int8/int4 dequantizes to float)."""
     p = (precision or "fp32").lower()
-    return "int8" if p.startswith("int8") and "weights" not in p else "fp32"
+    if p.startswith("int8") and "weights" not in p:
+        return "int8"
+    ran = (runs_as or p).lower()
+    return "bf16" if ran == "bf16" else "fp32"
 
 
 def fraction_of_peak(flops: int, seconds: float, peak_gops: float | None) -> float | None:

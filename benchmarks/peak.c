@@ -1,7 +1,7 @@
 /* Instruction-throughput kernels: the arithmetic peak of this CPU on N threads.
  *
  *   cc -O2 -mavx2 -mfma -pthread peak.c -o peak
- *   ./peak KIND THREADS SECONDS      KIND: fp32 | int8 | int8-vnni
+ *   ./peak KIND THREADS SECONDS      KIND: fp32 | int8 | int8-vnni | bf16
  *
  * Each thread (pinned to one of the CPUs this process may use) runs an inline-assembly loop
  * of independent accumulator chains, so the loop is bound by how many such instructions the
@@ -12,6 +12,7 @@
  *              + vpmaddwd ymm with ones (s16 pairs to s32) + vpaddd into the accumulator: the
  *              AVX2 u8s8 dot-product sequence of int8 GEMM kernels; 32 multiply-adds = 64 OP
  *   int8-vnni  12 chains of vpdpbusd zmm (AVX512-VNNI): 64 u8 x s8 multiply-adds = 128 OP
+ *   bf16       12 chains of vdpbf16ps zmm (AVX512-BF16): 32 bf16 multiply-adds = 64 FLOP
  *
  * Prints one JSON line: {"kind", "threads", "ops", "seconds", "gops"}, where seconds is the
  * wall time from the common start to the last thread's end.
@@ -40,6 +41,10 @@ static const int8_t I8[64] __attribute__((aligned(64))) = {
     3, -2, 5, 1, 7, -4, 2, 6, 3, -2, 5, 1, 7, -4, 2, 6, 3, -2, 5, 1, 7, -4,
     2, 6, 3, -2, 5, 1, 7, -4, 2, 6, 3, -2, 5, 1, 7, -4, 2, 6, 3, -2, 5, 1,
     7, -4, 2, 6, 3, -2, 5, 1, 7, -4, 2, 6, 3, -2, 5, 1, 7, -4, 2, 6};
+static const uint16_t BF16[32] __attribute__((aligned(64))) = { /* 0.5 in bfloat16 */
+    0x3f00, 0x3f00, 0x3f00, 0x3f00, 0x3f00, 0x3f00, 0x3f00, 0x3f00, 0x3f00, 0x3f00, 0x3f00,
+    0x3f00, 0x3f00, 0x3f00, 0x3f00, 0x3f00, 0x3f00, 0x3f00, 0x3f00, 0x3f00, 0x3f00, 0x3f00,
+    0x3f00, 0x3f00, 0x3f00, 0x3f00, 0x3f00, 0x3f00, 0x3f00, 0x3f00, 0x3f00, 0x3f00};
 static const int16_t ONES[16] __attribute__((aligned(64))) = {
     1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
 
@@ -149,6 +154,37 @@ __attribute__((target("avx512f,avx512vnni"))) static void vnni_loop(long n) {
 }
 #define VNNI_OPS (12.0 * 128.0)
 
+#define DPBF16(acc) "vdpbf16ps %%zmm31, %%zmm30, %%zmm" #acc "\n\t"
+
+__attribute__((target("avx512f,avx512bf16"))) static void bf16_loop(long n) {
+    __asm__ volatile(
+        "vmovdqa64 (%1), %%zmm30\n\t"
+        "vmovdqa64 (%1), %%zmm31\n\t"
+        "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
+        "vpxord %%zmm1, %%zmm1, %%zmm1\n\t"
+        "vpxord %%zmm2, %%zmm2, %%zmm2\n\t"
+        "vpxord %%zmm3, %%zmm3, %%zmm3\n\t"
+        "vpxord %%zmm4, %%zmm4, %%zmm4\n\t"
+        "vpxord %%zmm5, %%zmm5, %%zmm5\n\t"
+        "vpxord %%zmm6, %%zmm6, %%zmm6\n\t"
+        "vpxord %%zmm7, %%zmm7, %%zmm7\n\t"
+        "vpxord %%zmm8, %%zmm8, %%zmm8\n\t"
+        "vpxord %%zmm9, %%zmm9, %%zmm9\n\t"
+        "vpxord %%zmm10, %%zmm10, %%zmm10\n\t"
+        "vpxord %%zmm11, %%zmm11, %%zmm11\n\t"
+        "1:\n\t"
+        DPBF16(0) DPBF16(1) DPBF16(2) DPBF16(3) DPBF16(4) DPBF16(5)
+        DPBF16(6) DPBF16(7) DPBF16(8) DPBF16(9) DPBF16(10) DPBF16(11)
+        "dec %0\n\t"
+        "jnz 1b\n\t"
+        "vzeroupper\n\t"
+        : "+r"(n)
+        : "r"(BF16)
+        : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+          "xmm10", "xmm11", "xmm30", "xmm31", "cc", "memory");
+}
+#define BF16_OPS (12.0 * 64.0)
+
 typedef struct {
     void (*loop)(long);
     int cpu;
@@ -183,7 +219,7 @@ static void *worker(void *arg) {
 
 int main(int argc, char **argv) {
     if (argc != 4) {
-        fprintf(stderr, "usage: %s fp32|int8|int8-vnni THREADS SECONDS\n", argv[0]);
+        fprintf(stderr, "usage: %s fp32|int8|int8-vnni|bf16 THREADS SECONDS\n", argv[0]);
         return 2;
     }
     void (*loop)(long) = NULL;
@@ -199,6 +235,13 @@ int main(int argc, char **argv) {
             return 3;
         }
         loop = vnni_loop, per_iteration = VNNI_OPS;
+    } else if (!strcmp(argv[1], "bf16")) {
+        __builtin_cpu_init();
+        if (!__builtin_cpu_supports("avx512bf16")) {
+            fprintf(stderr, "this CPU has no AVX512-BF16\n");
+            return 3;
+        }
+        loop = bf16_loop, per_iteration = BF16_OPS;
     } else {
         fprintf(stderr, "unknown kind %s\n", argv[1]);
         return 2;

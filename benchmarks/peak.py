@@ -9,7 +9,9 @@ sustain, the ceiling any fp32 or int8 GEMM on this CPU can approach:
 - int8: `vpmaddubsw` (u8 × s8, pairs summed) + `vpmaddwd` with ones + `vpaddd`, the AVX2
   dot-product sequence of int8 GEMM kernels, 64 OP per sequence (32 multiply-adds × 2);
 - int8-vnni (where the CPU has AVX512-VNNI, informative): `vpdpbusd` on 512-bit registers,
-  128 OP per instruction. ONNX Runtime's int8 GEMM uses this instruction where it exists.
+  128 OP per instruction. ONNX Runtime's int8 GEMM uses this instruction where it exists;
+- bf16 (where the CPU has AVX512-BF16): `vdpbf16ps` on 512-bit registers, 64 FLOP per
+  instruction: OpenVINO runs bf16 by default on such CPUs.
 
 Each kind runs `--trials` times for `--seconds` each; the peak is the best trial (noise only
 ever slows a throughput kernel down), the median is reported beside it.
@@ -32,8 +34,9 @@ from typing import Any
 
 SOURCE = Path(__file__).resolve().parent / "peak.c"
 FLAGS = ["-O2", "-mavx2", "-mfma", "-pthread"]
-KINDS = ("fp32", "int8", "int8-vnni")
-UNITS = {"fp32": "GFLOP/s", "int8": "GOP/s", "int8-vnni": "GOP/s"}
+KINDS = ("fp32", "int8", "int8-vnni", "bf16")
+UNITS = {"fp32": "GFLOP/s", "int8": "GOP/s", "int8-vnni": "GOP/s", "bf16": "GFLOP/s"}
+NEEDS = {"int8-vnni": "avx512_vnni", "bf16": "avx512_bf16"}
 
 
 def cpu_flags() -> set[str]:
@@ -85,8 +88,8 @@ def measure_peak(
         except RuntimeError as exc:
             return {"error": str(exc)}
         for kind in KINDS:
-            if kind == "int8-vnni" and "avx512_vnni" not in flags:
-                kinds[kind] = {"skipped": "no AVX512-VNNI on this CPU"}
+            if kind in NEEDS and NEEDS[kind] not in flags:
+                kinds[kind] = {"skipped": f"no {NEEDS[kind]} on this CPU"}
                 continue
             try:
                 runs = [run_kind(binary, kind, threads, seconds) for _ in range(trials)]

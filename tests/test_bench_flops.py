@@ -40,8 +40,11 @@ def test_fraction_of_peak_and_which_peak() -> None:
     assert flops.fraction_of_peak(2 * 10**9, 0.01, 400.0) == pytest.approx(0.5)
     assert flops.fraction_of_peak(10**9, 0.01, None) is None
     assert flops.peak_kind("int8-dynamic") == flops.peak_kind("int8-static") == "int8"
-    for precision in ("fp32", "fp16", "bf16", "int8-weights", "int4-weights", None):
+    for precision in ("fp32", "fp16", "int8-weights", "int4-weights", None):
         assert flops.peak_kind(precision) == "fp32"
+    assert flops.peak_kind("bf16") == flops.peak_kind("fp32", runs_as="bf16") == "bf16"
+    assert flops.peak_kind("bf16", runs_as="fp32") == "fp32"  # a CPU without bf16 runs f32
+    assert flops.peak_kind("int8-static", runs_as="fp32") == "int8"
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
