@@ -11,6 +11,7 @@ do not have is refused: there is nothing fair to feed it.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -48,7 +49,9 @@ def parse_peer(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
-def check_peers(peers: Mapping[str, str | Path], taken: Sequence[str]) -> dict[str, Path]:
+def check_peers(
+    peers: Mapping[str, str | os.PathLike[str]], taken: Sequence[str]
+) -> dict[str, Path]:
     """Every peer names an existing .onnx file and an id no other subject has; before any
     load, so a typo costs nothing."""
     checked: dict[str, Path] = {}
