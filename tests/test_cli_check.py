@@ -165,21 +165,41 @@ def test_artifact_without_an_onnx_file_is_refused(
 BANK = ["tiny_bert_artifact", "classifier_artifact", "vit_artifact", "cnn_artifact", "mlp_artifact"]
 
 
+PORTABLE = 'backend = "onnxruntime"\n[options]\nort_fusions = "off"\n'
+
+
 @pytest.mark.parametrize("fixture", BANK)
 def test_exported_fp32_graphs_of_the_model_bank_pass(
-    fixture: str, request: pytest.FixtureRequest
+    fixture: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
+    """The portable graph every backend builds from passes; a `cpu` artifact is flagged for
+    exactly its ONNX Runtime contrib ops (its fusions), nothing else."""
     artifact: Exported = request.getfixturevalue(fixture)
+    target = tmp_path / "portable.toml"
+    target.write_text(PORTABLE)
+    out = tmp_path / "portable"
+    task = artifact.manifest["task"]
+    task = ["--task", task] if task == "text-classification" else []  # others are inferred
+    exported = run_kiln("export", artifact.source, "-o", out, "--target", target, "-q", *task)
+    assert exported.exit_code == 0, exported.stderr
     for version in ("10", "11"):
-        result = run_kiln("check", artifact.path, "--tensorrt-version", version)
+        result = run_kiln("check", out, "--tensorrt-version", version)
         assert result.exit_code == 0, result.stdout
         assert result.stdout.startswith("clean: ")
+    fused = [n for n in onnx.load(str(artifact.path / "model.onnx")).graph.node]
+    contrib = {n.name for n in fused if n.domain == "com.microsoft"}
+    flagged = run_kiln("check", artifact.path, "--json")
+    findings = json.loads(flagged.stdout)["findings"]
+    assert flagged.exit_code == (1 if contrib else 0), flagged.stdout
+    assert {f["node"] for f in findings} == contrib
 
 
 def test_exported_decoder_with_cache_passes(tmp_path: Path) -> None:
     ckpt = decoder_models.build_decoder("llama", tmp_path / "llama")
     out = tmp_path / "llama-cpu"
-    exported = run_kiln("export", ckpt, "-o", out, "-q")
+    target = tmp_path / "portable.toml"
+    target.write_text(PORTABLE)
+    exported = run_kiln("export", ckpt, "-o", out, "--target", target, "-q")
     assert exported.exit_code == 0, exported.stderr
     result = run_kiln("check", out)
     assert result.exit_code == 0, result.stdout
@@ -188,7 +208,8 @@ def test_exported_decoder_with_cache_passes(tmp_path: Path) -> None:
 def test_int8_dynamic_graph_of_the_cpu_int8_target_is_flagged(
     tiny_bert_artifact: Exported, tmp_path: Path
 ) -> None:
-    """ONNX Runtime's int8-dynamic build (what `cpu-int8` makes) cannot go to TensorRT."""
+    """ONNX Runtime's dynamic int8 (what `cpu-int8`'s int8-smooth ends in) cannot go to
+    TensorRT."""
     target = Target(name="cpu-int8", backend="onnxruntime", precision="int8-dynamic")
     model = ir.load(tiny_bert_artifact.path / "model.onnx")
     section = OnnxRuntimeBackend().build(BuildRequest(model, target, tmp_path))
@@ -211,8 +232,10 @@ def test_minilm_export_passes(tmp_path: Path) -> None:
         text=True,
         check=True,
     ).stdout.strip()
-    out = tmp_path / "minilm-cpu"
-    exported = run_kiln("export", checkpoint, "-o", out, "--target", "cpu", "-q")
+    out = tmp_path / "minilm-portable"
+    target = tmp_path / "portable.toml"
+    target.write_text(PORTABLE)
+    exported = run_kiln("export", checkpoint, "-o", out, "--target", target, "-q")
     assert exported.exit_code == 0, exported.stderr
     result = run_kiln("check", out, "--target", "nvidia-gpu")
     assert result.exit_code == 0, result.stdout

@@ -15,7 +15,10 @@ from conftest import Exported, run_kiln
 def onnx_facts(path: Path) -> tuple[Counter[str], int]:
     """Op histogram and parameter count, computed with onnx directly."""
     proto = onnx.load(str(path), load_external_data=False)
-    ops = Counter(node.op_type for node in proto.graph.node)
+    ops = Counter(
+        f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+        for node in proto.graph.node
+    )
     params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
     return ops, params
 
@@ -32,7 +35,8 @@ def test_inspect_artifact_json(tiny_bert_artifact: Exported) -> None:
     assert info["precision"] == "fp32"
     assert info["inputs"] == m["inputs"]
     assert info["outputs"] == m["outputs"]
-    assert info["passes"] == m["passes"]
+    backend = [{**p, "backend": "onnxruntime"} for p in m["backend"]["passes"]]
+    assert info["passes"] == m["passes"] + backend
     assert info["size_bytes"] == sum(e["size"] for e in m["files"].values())
     assert info["validation"]["passed"] is True
     ops, params = onnx_facts(tiny_bert_artifact.path / "model.onnx")

@@ -71,7 +71,9 @@ def test_each_level_fuses_a_copy_that_computes_the_same(
     model = ir.load(plain.path / "model.onnx")
     before = ops(model)
     assert not any(op.startswith("com.microsoft") for op in before)
-    fused, records, counts = fuse(model, level)
+    result = fuse(model, level)
+    fused, records, counts = result.model, result.passes, result.counts
+    assert result.reverted is None
     assert ops(model) == before  # the shared model is left as it is
     got = ops(fused)
     assert wanted <= set(got), got
@@ -90,8 +92,8 @@ def test_each_level_fuses_a_copy_that_computes_the_same(
 
 def test_off_returns_the_model_untouched(plain: Exported) -> None:
     model = ir.load(plain.path / "model.onnx")
-    fused, records, counts = fuse(model, "off")
-    assert fused is model and records == [] and counts == {}
+    result = fuse(model, "off")
+    assert result.model is model and result.passes == [] and result.counts == {}
 
 
 def test_auto_keeps_projections_for_quantized_precisions() -> None:

@@ -108,7 +108,10 @@ def test_reduced_precision_loosens_the_tolerance() -> None:
 
 
 def test_presets_for_reduced_precisions() -> None:
-    assert load_target("cpu-int8").precision == "int8-dynamic"
+    assert load_target("cpu-int8").precision == "int8-smooth"
+    accurate = load_target("cpu-int8-accurate")
+    assert accurate.precision == "auto" and accurate.candidates == ("int8-smooth",)
+    assert dict(accurate.budget) == {"min_cosine": 0.99}
     int8 = load_target("openvino-int8")
     assert int8.precision == "int8-static" and int8.options["smooth_quant"] is False
     edge = load_target("edge")

@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import modelkiln.backends.onnxruntime.fusions as fusions
 from modelkiln.backends.base import BuildRequest
-from modelkiln.backends.onnxruntime import fusions
 from modelkiln.backends.onnxruntime.quantize import Int4Settings, quantize, smoothed_for_int8
 from modelkiln.backends.onnxruntime.session import OnnxRuntimeSession
 from modelkiln.backends.registry import install_hint
@@ -100,7 +100,8 @@ class OnnxRuntimeBackend:
 
     def __init__(self) -> None:
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
-        self._chosen_alpha: dict[Path, float] = {}
+        # Per model and calibration set: (channel maxima and fp32 outputs, the chosen alpha).
+        self._smoothing: dict[Path, tuple[Any, float]] = {}
 
     def check(self, target: Target) -> None:
         try:
@@ -132,16 +133,12 @@ class OnnxRuntimeBackend:
         precision = request.precision
         extra: dict[str, Any] = {}
         if precision is Precision.INT8_SMOOTH:
-            model, extra["smooth_quant"] = smoothed_for_int8(
-                model, request.calibration, sorted(request.keep_float), self._alphas(request)
-            )
-            key = self._calibration_cache(request)
-            if key is not None:
-                self._chosen_alpha.setdefault(key, extra["smooth_quant"]["alpha"])
+            model, extra["smooth_quant"] = self._smoothed(request)
         asked = option_choice(target, "ort_fusions", fusions.CHOICES, fusions.AUTO)
         level = fusions.resolve(asked, precision)
-        model, passes, counts = fusions.fuse(model, level)
-        extra["ort_fusions"] = {"level": level, "asked": asked, "fused": counts}
+        fused = fusions.fuse(model, level)
+        model, passes = fused.model, fused.passes
+        extra["ort_fusions"] = {"level": level, "asked": asked, **fused.record()}
         if precision is not Precision.FP32:
             extra["quantization"] = quantize(
                 ir.serde.serialize_model(model),
@@ -169,15 +166,21 @@ class OnnxRuntimeBackend:
             ir.save(model, out / MODEL_FILE)
         return self._section(target, files, passes, **extra)
 
-    def _alphas(self, request: BuildRequest) -> tuple[float, ...]:
-        """The alphas to try: the target's, or after one search per model and calibration
-        set in this process (the mixed-precision search rebuilds one model many times) the
-        one it chose."""
+    def _smoothed(self, request: BuildRequest) -> tuple[Any, dict[str, Any]]:
+        """The model smoothed for int8-smooth. The mixed-precision search rebuilds one model
+        many times with the same calibration set: after the first build, this process
+        reuses its calibration statistics and the alpha it chose."""
         alphas = _alphas(request.target)
         key = self._calibration_cache(request)
-        if len(alphas) > 1 and key is not None and key in self._chosen_alpha:
-            return (self._chosen_alpha[key],)
-        return alphas
+        stats, chosen = self._smoothing.get(key, (None, None)) if key else (None, None)
+        if chosen is not None and len(alphas) > 1:
+            alphas = (chosen,)
+        model, record, stats = smoothed_for_int8(
+            request.model, request.calibration, sorted(request.keep_float), alphas, stats
+        )
+        if key is not None:
+            self._smoothing[key] = (stats, chosen if chosen is not None else record["alpha"])
+        return model, record
 
     def _section(
         self, target: Target, files: dict[str, str], passes: list[PassRecord], **extra: Any

@@ -9,7 +9,8 @@ onnxruntime backend's build, so the graph shared with OpenVINO and TensorRT neve
 com.microsoft op.
 
 Levels, each including the one before:
-- `norms`: SkipLayerNormalization, BiasGelu (erf-GELU recognised first);
+- `norms`: SkipLayerNormalization, BiasGelu (erf-GELU recognised first), and for decoders
+  SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization (RMSNorm);
 - `multi-head`: + MultiHeadAttention; the Q, K and V projections stay MatMuls, so int8
   quantization still reaches them;
 - `attention`: + Attention with one packed QKV weight (fastest in float).
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import onnx_ir as ir
@@ -56,14 +58,19 @@ def _steps(level: str) -> list[tuple[str, Callable[[ir.Model], int]]]:
     from onnxscript.rewriter.ort_fusions.mha import fuse_mha1, fuse_mha2
     from onnxscript.rewriter.ort_fusions.mha_bias import fuse_mha_bias
     from onnxscript.rewriter.ort_fusions.mha_scale import fuse_mha_scale
+    from onnxscript.rewriter.ort_fusions.rms_normalization import fuse_rms_normalization
     from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
+    from onnxscript.rewriter.ort_fusions.sdpa_via_mha import replace_sdpa_by_mha
     from onnxscript.rewriter.ort_fusions.skip_normalization import (
         fuse_skip_layer_normalization,
+        fuse_skip_rms_normalization,
     )
 
     steps: list[tuple[str, Callable[[ir.Model], int]]] = [
         ("ort-erf-gelu", fuse_erfgelu),
+        ("ort-rms-norm", fuse_rms_normalization),
         ("ort-skip-layer-norm", fuse_skip_layer_normalization),
+        ("ort-skip-rms-norm", fuse_skip_rms_normalization),
     ]
     if level in ("multi-head", "attention"):
         steps += [
@@ -75,6 +82,10 @@ def _steps(level: str) -> list[tuple[str, Callable[[ir.Model], int]]]:
     if level == "attention":
         steps.append(("ort-packed-attention", fuse_attention))
     steps += [("ort-gelu", fuse_gelu), ("ort-bias-gelu", fuse_bias_gelu)]
+    if level in ("multi-head", "attention"):
+        # Attention no MHA rule took (decoders' with a KV cache, rotary embeddings) stays in
+        # the rewriter's intermediate SDPA op: MultiHeadAttention computes it.
+        steps.append(("ort-sdpa-as-multi-head", replace_sdpa_by_mha))
     return steps
 
 
@@ -89,21 +100,36 @@ def _timed(name: str, model: ir.Model, run: Callable[[ir.Model], Any]) -> PassRe
     return PassRecord(name, before, after, after != before, round(time.perf_counter() - start, 4))
 
 
-def fuse(model: ir.Model, level: str) -> tuple[ir.Model, list[PassRecord], dict[str, int]]:
-    """A fused copy of `model` (the original is left as it is), a record per pass for the
-    manifest and the count of each fusion made."""
+@dataclass
+class Fused:
+    """`model`: the fused copy (or the original, when `reverted` says why the copy could not
+    ship); `passes`: one record per pass for the manifest; `counts`: fusions made."""
+
+    model: ir.Model
+    passes: list[PassRecord] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    reverted: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        extra = {"reverted": self.reverted} if self.reverted else {}
+        return {"fused": dict(self.counts), **extra}
+
+
+def fuse(model: ir.Model, level: str) -> Fused:
+    """A fused copy of `model` (the original is left as it is). If the rules left the copy
+    unfit to ship (another interface, or an intermediate op of the rewriter's own domain
+    that no later fusion consumed), the original, with the reason."""
     from onnx_ir.passes import common
     from onnxscript.optimizer import optimize
     from onnxscript.rewriter import rewrite
     from onnxscript.rewriter.ort_fusions import ORT_PATTERN_REWRITE_RULES
 
     if level == "off":
-        return model, [], {}
+        return Fused(model)
     fused = model.clone()
     counts: dict[str, int] = {}
-    records = [
-        _timed("ort-prepare", fused, lambda m: (common.ShapeInferencePass()(m), optimize(m)))
-    ]
+    # Shapes for the attention rules; the shared passes already folded and simplified.
+    records = [_timed("ort-prepare", fused, common.ShapeInferencePass())]
 
     for name, step in _steps(level):
 
@@ -120,9 +146,44 @@ def fuse(model: ir.Model, level: str) -> tuple[ir.Model, list[PassRecord], dict[
                 rewrite(m, ORT_PATTERN_REWRITE_RULES),
                 common.RemoveUnusedNodesPass()(m),
                 common.RemoveUnusedOpsetsPass()(m),
+                _drop_rewriter_metadata(m),
             ),
         )
     )
     for record, name in zip(records[1:-1], [n for n, _ in _steps(level)], strict=True):
         record.modified = counts.get(name, 0) > 0
-    return fused, records, counts
+    problem = _unfit(model, fused)
+    if problem:
+        note = PassRecord("ort-fusions-reverted", records[-1].nodes_after, _count(model), True, 0.0)
+        return Fused(model, [*records, note], counts, problem)
+    return Fused(fused, records, counts)
+
+
+ORT_DOMAINS = ("", "ai.onnx", "com.microsoft")
+
+
+def _unfit(original: ir.Model, fused: ir.Model) -> str | None:
+    """Why `fused` cannot ship in place of `original`, or None."""
+
+    def interface(m: ir.Model) -> tuple[list[str | None], list[str | None]]:
+        return [v.name for v in m.graph.inputs], [v.name for v in m.graph.outputs]
+
+    if interface(fused) != interface(original):
+        return f"the interface changed from {interface(original)} to {interface(fused)}"
+    functions = {(f.domain, f.name) for f in fused.functions.values()}
+    for node in fused.graph.all_nodes():
+        if node.domain not in ORT_DOMAINS and (node.domain, node.op_type) not in functions:
+            return f"{node.domain}::{node.op_type} is left in the graph"
+    return None
+
+
+def _drop_rewriter_metadata(model: ir.Model) -> None:
+    """onnxscript notes on values what it folded them from; dropped so the same model gives
+    the same bytes whether it was traced in this process or read from the build cache."""
+    for node in model.graph.all_nodes():
+        for value in node.outputs:
+            for key in [k for k in value.metadata_props if k.startswith("pkg.onnxscript")]:
+                del value.metadata_props[key]
+    for value in model.graph.initializers.values():
+        for key in [k for k in value.metadata_props if k.startswith("pkg.onnxscript")]:
+            del value.metadata_props[key]

@@ -242,10 +242,13 @@ def smoothed_for_int8(
     calibration: Sequence[Mapping[str, np.ndarray]],
     keep: Sequence[str],
     alphas: Sequence[float],
-) -> tuple[Any, dict[str, Any]]:
+    stats: tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]] | None = None,
+) -> tuple[Any, dict[str, Any], tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]]:
     """`model` (onnx_ir) smoothed for int8-dynamic with the alpha, of `alphas`, whose int8
     build keeps the highest worst-case cosine to fp32 on the calibration samples (measured
-    end to end: the per-layer quantization error did not predict the worst sentence)."""
+    end to end: the per-layer quantization error did not predict the worst sentence); the
+    manifest's record; and the calibration statistics (channel maxima of every MatMul input,
+    fp32 outputs), which a rebuild of the same model with other `keep` can pass back."""
     import onnx_ir as ir
     import onnxruntime as ort
 
@@ -259,8 +262,10 @@ def smoothed_for_int8(
     if not calibration:
         raise BuildError("int8-smooth needs calibration samples")
     skip = frozenset(keep)
-    names = list(matmul_groups(model, skip))
-    maxima, references = channel_maxima(ir.serde.serialize_model(model), calibration, names)
+    if stats is None:
+        names = list(matmul_groups(model))
+        stats = channel_maxima(ir.serde.serialize_model(model), calibration, names)
+    maxima, references = stats
     scores: dict[str, float] = {}
     best: tuple[float, Any, Any] | None = None
     scratch = Path(tempfile.mkdtemp(prefix="kiln-smooth-"))
@@ -268,7 +273,7 @@ def smoothed_for_int8(
         for alpha in alphas:
             candidate, info = smooth(model, maxima, alpha, skip)
             if len(alphas) == 1:
-                return candidate, _smooth_record(info, {}, len(calibration))
+                return candidate, _smooth_record(info, {}, len(calibration)), stats
             path = scratch / f"alpha-{alpha}.onnx"
             quantize(ir.serde.serialize_model(candidate), "int8-dynamic", path, keep=keep)
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -284,7 +289,7 @@ def smoothed_for_int8(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     assert best is not None
-    return best[1], _smooth_record(best[2], scores, len(calibration))
+    return best[1], _smooth_record(best[2], scores, len(calibration)), stats
 
 
 def _smooth_record(info: Any, scores: dict[str, float], samples: int) -> dict[str, Any]:

@@ -113,7 +113,8 @@ def _check_target(options: PrecisionOptions, target: Target, backend: Backend) -
     calibrated = set(backend.calibrated)
     tried = set(candidate_precisions(target, backend)) if precision == AUTO else {precision}
     if calibrated & tried and options.calibration is None:
-        which = precision if precision != AUTO else "auto (it tries int8-static)"
+        needy = " and ".join(sorted(calibrated & tried))
+        which = precision if precision != AUTO else f"auto (it tries {needy})"
         raise UserInputError(
             f"target '{target.name}': precision {which} needs calibration data: "
             "--calibration FILE (.txt/.jsonl texts or .npz of inputs); modelkiln never "
