@@ -137,19 +137,15 @@ def fuse(model: ir.Model, level: str) -> Fused:
             counts[name] = int(step(m))
 
         records.append(_timed(name, fused, counted))
-    records.append(
-        _timed(
-            "ort-cleanup",
-            fused,
-            lambda m: (
-                optimize(m),  # inlines the intermediate functions no later fusion took
-                rewrite(m, ORT_PATTERN_REWRITE_RULES),
-                common.RemoveUnusedNodesPass()(m),
-                common.RemoveUnusedOpsetsPass()(m),
-                _drop_rewriter_metadata(m),
-            ),
-        )
-    )
+
+    def cleanup(m: ir.Model) -> None:
+        optimize(m)  # inlines the intermediate functions no later fusion took
+        rewrite(m, ORT_PATTERN_REWRITE_RULES)
+        common.RemoveUnusedNodesPass()(m)
+        common.RemoveUnusedOpsetsPass()(m)
+        _drop_rewriter_metadata(m)
+
+    records.append(_timed("ort-cleanup", fused, cleanup))
     for record, name in zip(records[1:-1], [n for n, _ in _steps(level)], strict=True):
         record.modified = counts.get(name, 0) > 0
     problem = _unfit(model, fused)
