@@ -104,15 +104,8 @@ class CastToHalf(ir.passes.InPlacePass):
                     modified = True
         first = nodes[0] if nodes else None
         for value in graph.inputs:
-            if value.dtype != FLOAT or first is None:
-                continue
-            uses = [(u, i) for u, i in value.uses() if id(u) not in kept]
-            if uses:
-                cast = self._cast(value, self.dtype)
-                graph.insert_before(first, cast)
-                for user, index in uses:
-                    user.replace_input_with(index, cast.outputs[0])
-                modified = True
+            if value.dtype == FLOAT and first is not None:
+                modified |= self._half_for_users(graph, value, kept, before=first)
         for node in nodes:
             if id(node) in kept:
                 modified |= self._keep_float(graph, node, kept)
@@ -169,13 +162,29 @@ class CastToHalf(ir.passes.InPlacePass):
                 node.replace_input_with(index, cast.outputs[0])
                 changed = True
         for value in node.outputs:
-            if value.dtype != FLOAT:
-                continue
-            users = [(u, i) for u, i in value.uses() if id(u) not in kept]
-            if users:
-                cast = self._cast(value, self.dtype)
-                graph.insert_after(node, cast)
-                for user, index in users:
-                    user.replace_input_with(index, cast.outputs[0])
-                changed = True
+            if value.dtype == FLOAT:
+                changed |= self._half_for_users(graph, value, kept, after=node)
         return changed
+
+    def _half_for_users(
+        self,
+        graph: ir.Graph,
+        value: ir.Value,
+        kept: set[int],
+        before: ir.Node | None = None,
+        after: ir.Node | None = None,
+    ) -> bool:
+        """Give the half-precision users of float `value` one cast of it (placed before
+        `before` or after `after`); True if there were any."""
+        uses = [(u, i) for u, i in value.uses() if id(u) not in kept]
+        if not uses:
+            return False
+        cast = self._cast(value, self.dtype)
+        if before is not None:
+            graph.insert_before(before, cast)
+        else:
+            assert after is not None
+            graph.insert_after(after, cast)
+        for user, index in uses:
+            user.replace_input_with(index, cast.outputs[0])
+        return True
