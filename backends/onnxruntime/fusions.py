@@ -19,6 +19,7 @@ Levels, each including the one before:
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -137,6 +138,7 @@ def fuse(model: ir.Model, level: str) -> Fused:
             counts[name] = int(step(m))
 
         records.append(_timed(name, fused, counted))
+        records[-1].modified = counts[name] > 0
 
     def cleanup(m: ir.Model) -> None:
         optimize(m)  # inlines the intermediate functions no later fusion took
@@ -146,8 +148,6 @@ def fuse(model: ir.Model, level: str) -> Fused:
         _drop_rewriter_metadata(m)
 
     records.append(_timed("ort-cleanup", fused, cleanup))
-    for record, name in zip(records[1:-1], [n for n, _ in _steps(level)], strict=True):
-        record.modified = counts.get(name, 0) > 0
     problem = _unfit(model, fused)
     if problem:
         note = PassRecord("ort-fusions-reverted", records[-1].nodes_after, _count(model), True, 0.0)
@@ -176,10 +176,7 @@ def _unfit(original: ir.Model, fused: ir.Model) -> str | None:
 def _drop_rewriter_metadata(model: ir.Model) -> None:
     """onnxscript notes on values what it folded them from; dropped so the same model gives
     the same bytes whether it was traced in this process or read from the build cache."""
-    for node in model.graph.all_nodes():
-        for value in node.outputs:
-            for key in [k for k in value.metadata_props if k.startswith("pkg.onnxscript")]:
-                del value.metadata_props[key]
-    for value in model.graph.initializers.values():
+    outputs = (value for node in model.graph.all_nodes() for value in node.outputs)
+    for value in itertools.chain(outputs, model.graph.initializers.values()):
         for key in [k for k in value.metadata_props if k.startswith("pkg.onnxscript")]:
             del value.metadata_props[key]

@@ -255,6 +255,7 @@ def smoothed_for_int8(
     from modelkiln.backends.onnxruntime.smooth_quant import (
         channel_maxima,
         matmul_groups,
+        run_samples,
         smooth,
         worst_cosine,
     )
@@ -266,26 +267,22 @@ def smoothed_for_int8(
         names = list(matmul_groups(model))
         stats = channel_maxima(ir.serde.serialize_model(model), calibration, names)
     maxima, references = stats
+    if len(alphas) == 1:
+        candidate, info = smooth(model, maxima, alphas[0], skip)
+        return candidate, _smooth_record(info, {}, len(calibration)), stats
     scores: dict[str, float] = {}
     best: tuple[float, Any, Any] | None = None
     scratch = Path(tempfile.mkdtemp(prefix="kiln-smooth-"))
     try:
         for alpha in alphas:
             candidate, info = smooth(model, maxima, alpha, skip)
-            if len(alphas) == 1:
-                return candidate, _smooth_record(info, {}, len(calibration)), stats
             path = scratch / f"alpha-{alpha}.onnx"
             quantize(ir.serde.serialize_model(candidate), "int8-dynamic", path, keep=keep)
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            wanted = {i.name for i in session.get_inputs()}
-            outputs = [o.name for o in session.get_outputs()]
-            runs = []
-            for sample in calibration:
-                got = session.run(None, {k: v for k, v in sample.items() if k in wanted})
-                runs.append(dict(zip(outputs, got, strict=True)))
-            scores[f"{alpha:g}"] = round(worst_cosine(references, runs), 6)
-            if best is None or scores[f"{alpha:g}"] > best[0]:
-                best = (scores[f"{alpha:g}"], candidate, info)
+            score = round(worst_cosine(references, run_samples(session, calibration)), 6)
+            scores[f"{alpha:g}"] = score
+            if best is None or score > best[0]:
+                best = (score, candidate, info)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     assert best is not None

@@ -88,24 +88,27 @@ def channel_maxima(
     session = ort.InferenceSession(
         probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
-    fetched = [o.name for o in session.get_outputs()]
-    inputs = {i.name for i in session.get_inputs()}
     maxima: dict[str, np.ndarray] = {}
     references = []
-    for sample in feeds:
-        values = dict(
-            zip(
-                fetched,
-                session.run(None, {k: v for k, v in sample.items() if k in inputs}),
-                strict=True,
-            )
-        )
+    for values in run_samples(session, feeds):
         references.append({name: values[name] for name in outputs})
         for name in names:
             array = np.abs(values[name].astype(np.float32))
             channel = array.reshape(-1, array.shape[-1]).max(axis=0)
             maxima[name] = np.maximum(maxima[name], channel) if name in maxima else channel
     return maxima, references
+
+
+def run_samples(session: Any, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, Any]]:
+    """Every output of an ONNX Runtime session for each sample, by name (inputs the session
+    does not take are left out)."""
+    wanted = {i.name for i in session.get_inputs()}
+    names = [o.name for o in session.get_outputs()]
+    runs = []
+    for sample in feeds:
+        got = session.run(None, {k: v for k, v in sample.items() if k in wanted})
+        runs.append(dict(zip(names, got, strict=True)))
+    return runs
 
 
 def smooth(
