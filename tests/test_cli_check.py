@@ -180,7 +180,9 @@ def test_exported_fp32_graphs_of_the_model_bank_pass(
     out = tmp_path / "portable"
     task = artifact.manifest["task"]
     task = ["--task", task] if task == "text-classification" else []  # others are inferred
-    exported = run_kiln("export", artifact.source, "-o", out, "--target", target, "-q", *task)
+    exported = run_kiln(
+        "export", artifact.source, "-o", out, "--target", target, "-q", "--no-cache", *task
+    )
     assert exported.exit_code == 0, exported.stderr
     for version in ("10", "11"):
         result = run_kiln("check", out, "--tensorrt-version", version)

@@ -34,7 +34,7 @@ PLAIN = Target(name="cpu-plain", backend="onnxruntime", options={"ort_fusions": 
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory, tiny_bert_dir) -> Exported:
     out = tmp_path_factory.mktemp("artifacts") / "tiny-bert-plain"
-    result = modelkiln.export(tiny_bert_dir, out, target=PLAIN)
+    result = modelkiln.export(tiny_bert_dir, out, target=PLAIN, use_cache=False)
     return Exported(tiny_bert_dir, out, models.read_manifest(out), result)
 
 
@@ -134,7 +134,7 @@ def test_off_exports_the_plain_graph(plain: Exported) -> None:
 
 def test_other_backends_never_see_the_fused_graph(tiny_bert_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("openvino")
-    results = export_many(tiny_bert_dir, tmp_path, ["cpu", "openvino-cpu"])
+    results = export_many(tiny_bert_dir, tmp_path, ["cpu", "openvino-cpu"], use_cache=False)
     cpu, ov = results
     assert cpu.manifest.backend.passes and not ov.manifest.backend.passes
     assert ov.manifest.validation.passed  # OpenVINO cannot read com.microsoft ops
