@@ -117,6 +117,20 @@ class Artifact:
         return self.path / self.manifest.backend.files[role]
 
 
+def open_artifact_or_onnx(path: Path) -> Artifact | None:
+    """The artifact at `path`, or None when `path` is an .onnx file (what `kiln inspect` and
+    `kiln check` take); anything else is one ArtifactError line."""
+    if path.is_dir() and (path / MANIFEST).is_file():
+        return Artifact.open(path)
+    if path.suffix == ".onnx" and path.is_file():
+        return None
+    if not path.exists():
+        raise ArtifactError(f"{path} does not exist")
+    raise ArtifactError(
+        f"{path} is neither a modelkiln artifact (folder with {MANIFEST}) nor an .onnx file"
+    )
+
+
 def _limits_from_config(root: Path, manifest: Manifest) -> dict[str, int]:
     """The sequence limit from the config.json an older artifact copied, if any."""
     if manifest.source.kind != "hf" or not any(

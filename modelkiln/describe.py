@@ -8,17 +8,17 @@ from typing import Any
 
 import numpy as np
 
-from modelkiln.artifact import Artifact
+from modelkiln.artifact import open_artifact_or_onnx
 from modelkiln.errors import ArtifactError
-from modelkiln.manifest import MANIFEST, Validation
+from modelkiln.manifest import Validation
 from modelkiln.onnx_proto import iter_graphs, load_proto
 from modelkiln.tensors import specs_to_json
 
 
 def describe(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if path.is_dir() and (path / MANIFEST).is_file():
-        artifact = Artifact.open(path)
+    artifact = open_artifact_or_onnx(path)
+    if artifact is not None:
         m = artifact.manifest
         raw = m.to_json()
         info = {
@@ -45,21 +45,15 @@ def describe(path: str | Path) -> dict[str, Any]:
             del stats["inputs"], stats["outputs"]
             info["graph"] = stats
         return info
-    if path.suffix == ".onnx" and path.is_file():
-        stats = _graph_stats(path)
-        return {
-            "kind": "onnx",
-            "path": str(path),
-            "inputs": stats.pop("inputs"),
-            "outputs": stats.pop("outputs"),
-            "graph": stats,
-            "size_bytes": path.stat().st_size,
-        }
-    if not path.exists():
-        raise ArtifactError(f"{path} does not exist")
-    raise ArtifactError(
-        f"{path} is neither a modelkiln artifact (folder with {MANIFEST}) nor an .onnx file"
-    )
+    stats = _graph_stats(path)
+    return {
+        "kind": "onnx",
+        "path": str(path),
+        "inputs": stats.pop("inputs"),
+        "outputs": stats.pop("outputs"),
+        "graph": stats,
+        "size_bytes": path.stat().st_size,
+    }
 
 
 def _validation_summary(report: Validation | None) -> dict[str, Any]:

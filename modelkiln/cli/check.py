@@ -9,10 +9,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from modelkiln.artifact import Artifact
+from modelkiln.artifact import open_artifact_or_onnx
 from modelkiln.cli.common import handle_errors, out
 from modelkiln.errors import ArtifactError, UserInputError, first_line
-from modelkiln.manifest import MANIFEST
 from modelkiln.targets import load_target
 
 if TYPE_CHECKING:
@@ -92,20 +91,15 @@ def check(path: Path, target_name: str, tensorrt_version: str | None, as_json: b
 
 def _onnx_file(path: Path) -> Path:
     """The ONNX file to check: PATH itself, or the ONNX model an artifact recorded."""
-    if path.is_dir() and (path / MANIFEST).is_file():
-        files = Artifact.open(path).manifest.backend.files
-        for role in ("onnx", "model", *files):
-            if role in files and files[role].endswith(".onnx"):
-                return path / files[role]
-        listed = ", ".join(f"{role} {name}" for role, name in files.items()) or "none"
-        raise ArtifactError(f"{path} holds no ONNX model to check (its files: {listed})")
-    if path.suffix == ".onnx" and path.is_file():
+    artifact = open_artifact_or_onnx(path)
+    if artifact is None:
         return path
-    if not path.exists():
-        raise ArtifactError(f"{path} does not exist")
-    raise ArtifactError(
-        f"{path} is neither a modelkiln artifact (folder with {MANIFEST}) nor an .onnx file"
-    )
+    files = artifact.manifest.backend.files
+    for role in ("onnx", "model", *files):
+        if role in files and files[role].endswith(".onnx"):
+            return path / files[role]
+    listed = ", ".join(f"{role} {name}" for role, name in files.items()) or "none"
+    raise ArtifactError(f"{path} holds no ONNX model to check (its files: {listed})")
 
 
 def _load(path: Path) -> ir.Model:
