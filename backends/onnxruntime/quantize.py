@@ -16,17 +16,16 @@ copy in a scratch folder; only the final model is written into the artifact.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from modelkiln.backends.ort_quantization import CalibrationReader, quiet
 from modelkiln.errors import BuildError
 
 # Kept in fp32 by the fp16 conversion: their reductions overflow or lose too much in fp16.
@@ -42,41 +41,6 @@ FP16_BLOCKED = (
     "Range",
     "CumSum",
 )
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The quantization tools log advice and progress on the root logger; modelkiln reports
-    what matters itself."""
-    # The root logger, and ORT's quantizers' own loggers (MatMulNBits logs every node at INFO).
-    loggers = [logging.getLogger()] + [
-        logging.getLogger(name)
-        for name in list(logging.root.manager.loggerDict)
-        if name.startswith("onnxruntime.quantization")
-    ]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
-class _Reader:
-    """onnxruntime.quantization.CalibrationDataReader over in-memory feed dicts."""
-
-    def __init__(self, samples: Sequence[Mapping[str, np.ndarray]]) -> None:
-        self._samples = samples
-        self._it: Iterator[Mapping[str, np.ndarray]] = iter(samples)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        item = next(self._it, None)
-        return None if item is None else dict(item)
-
-    def rewind(self) -> None:
-        self._it = iter(self._samples)
 
 
 @dataclass(frozen=True)
@@ -112,7 +76,7 @@ def quantize(
         onnx.save(proto, str(source), save_as_external_data=False)
         record: dict[str, Any] = {"precision": precision, "kept_fp32": sorted(keep)}
         try:
-            with _quiet():
+            with quiet():
                 if precision == "fp16":
                     record |= _fp16(source, out_file, keep)
                 elif precision in ("int8-dynamic", "int8-smooth"):
@@ -188,7 +152,7 @@ def _int8_static(
     quantize_static(
         prepared,
         out_file,
-        _Reader(samples),
+        CalibrationReader(samples),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=ops,
         per_channel=True,

@@ -9,46 +9,17 @@ target's calibration samples.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from modelkiln.backends.ort_quantization import CalibrationReader, quiet
 from modelkiln.errors import BuildError, first_line
 
 OPS = ("MatMul", "Gemm", "Conv")
-
-
-class _Samples:
-    """The calibration samples as ONNX Runtime's CalibrationDataReader."""
-
-    def __init__(self, samples: Sequence[Mapping[str, np.ndarray]]) -> None:
-        self._samples = list(samples)
-        self._next = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._next >= len(self._samples):
-            return None
-        self._next += 1
-        return dict(self._samples[self._next - 1])
-
-    def rewind(self) -> None:
-        self._next = 0
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def quantize_qdq(
@@ -65,11 +36,11 @@ def quantize_qdq(
         source, out = Path(scratch) / "float.onnx", Path(scratch) / "qdq.onnx"
         source.write_bytes(model_bytes)
         try:
-            with _quiet():
+            with quiet():
                 quantize_static(
                     source,
                     out,
-                    _Samples(samples),
+                    CalibrationReader(samples),
                     quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=list(OPS),
                     per_channel=True,
