@@ -14,6 +14,7 @@ import numpy as np
 
 from modelkiln.errors import ExportError, first_line
 from modelkiln.exporter.specs import TaskSpec
+from modelkiln.exporter.torch_onnx_fast import fast_torch_onnx
 
 OPSET = 18
 
@@ -78,7 +79,7 @@ def trace(module: Any, spec: TaskSpec, inputs: Mapping[str, np.ndarray], model_t
     kwargs = {name: torch.from_numpy(np.ascontiguousarray(v)) for name, v in inputs.items()}
     dynamic = spec.dynamic_axes
     try:
-        with quiet(), torch.no_grad():
+        with quiet(), torch.no_grad(), fast_torch_onnx():
             program = torch.onnx.export(
                 module,
                 (),

@@ -1,0 +1,141 @@
+"""exporter/torch_onnx_fast.py: torch.onnx's export with the two shortcuts gives the ONNX it
+gives without them, skips the second trace only where nothing needs decomposing, and builds the
+same op registry."""
+
+from __future__ import annotations
+
+import collections
+import importlib
+from typing import Any
+
+import models
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+import torch
+from torch.onnx._internal import _lazy_import
+
+from modelkiln.exporter.passes import simplify
+from modelkiln.exporter.torch_onnx_fast import fast_torch_onnx
+from modelkiln.exporter.trace import OutputSelector, quiet
+
+
+@pytest.fixture
+def decompositions(monkeypatch) -> list[int]:
+    """Counts ExportedProgram.run_decompositions calls (torch.onnx's second trace)."""
+    calls: list[int] = []
+    original = torch.export.ExportedProgram.run_decompositions
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.export.ExportedProgram, "run_decompositions", counted)
+    return calls
+
+
+def export(module: Any, kwargs: dict[str, torch.Tensor], dynamic: dict[str, Any]) -> ir.Model:
+    with quiet(), torch.no_grad(), fast_torch_onnx():
+        program = torch.onnx.export(
+            module, (), kwargs=kwargs, dynamo=True, optimize=False, dynamic_shapes=dynamic
+        )
+    return program.model
+
+
+def run(model: ir.Model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    session = ort.InferenceSession(ir.to_proto(model).SerializeToString())
+    return session.run(None, feeds)
+
+
+def histogram(model: ir.Model) -> dict[str, int]:
+    return dict(collections.Counter(n.op_type for n in model.graph))
+
+
+def test_registry_records_are_the_ones_onnxscript_makes(monkeypatch):
+    apis = importlib.import_module(_lazy_import.onnxscript_apis._name)
+    shipped = [
+        (m.qualified_name, m.function, m.domain, m.name, m.is_complex)
+        for m in apis.get_torchlib_ops()
+    ]
+    original = apis.get_torchlib_ops
+    with fast_torch_onnx():
+        assert apis.get_torchlib_ops is not original  # the shortcut is in place
+        fast = [
+            (m.qualified_name, m.function, m.domain, m.name, m.is_complex)
+            for m in apis.get_torchlib_ops()
+        ]
+    assert len(shipped) > 400
+    assert fast == shipped
+    assert apis.get_torchlib_ops is original  # and gone afterwards
+    monkeypatch.setenv("MODELKILN_TRACE_SHORTCUTS", "0")
+    with fast_torch_onnx():
+        assert apis.get_torchlib_ops is original
+
+
+def test_tiny_bert_skips_the_second_trace_and_gives_the_same_graph(monkeypatch, decompositions):
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    bert = BertModel(models.bert_config(), add_pooling_layer=False).eval()
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    module = OutputSelector(bert, names, ("last_hidden_state",))
+    ids = torch.randint(1, models.VOCAB_SIZE, (2, 8), generator=torch.Generator().manual_seed(0))
+    # distinct tensors: torch.export would take one tensor passed twice for one input
+    kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": ids * 0}
+    dynamic = {n: {0: "batch", 1: "sequence"} for n in names}
+
+    fast = export(module, kwargs, dynamic)
+    assert decompositions == []  # nothing in this BERT needed decomposing
+    monkeypatch.setenv("MODELKILN_TRACE_SHORTCUTS", "0")
+    shipped = export(module, kwargs, dynamic)
+    assert decompositions == [1]  # torch.onnx as shipped traces twice
+
+    fast, _ = simplify(fast)
+    shipped, _ = simplify(shipped)
+    assert histogram(fast) == histogram(shipped)
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, models.VOCAB_SIZE, (3, 11))
+    mask = np.ones_like(x)
+    mask[0, 6:] = 0
+    feeds = {"input_ids": x, "attention_mask": mask, "token_type_ids": np.zeros_like(x)}
+    with torch.no_grad():
+        reference = bert(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+    expected = reference.last_hidden_state.numpy()
+    np.testing.assert_allclose(run(fast, feeds)[0], run(shipped, feeds)[0], atol=1e-6)
+    np.testing.assert_allclose(run(fast, feeds)[0], expected, atol=1e-5)
+
+
+class Spellings(torch.nn.Module):
+    """The spellings the shortcut rewrites: casts, `&`/`|`, a reshape to the same shape."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        same = x.to(torch.float32).reshape(x.shape[0], x.shape[1])
+        inside = ((x > 0) & (x < 1)) | (x < -2)
+        return same * 2, inside.to(torch.int64) + x.to(torch.int32).to(torch.int64)
+
+
+class NeedsDecomposition(torch.nn.Module):
+    """aten.std has no ONNX translation: torch.onnx must decompose it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.std(-1, keepdim=True) + x.to(torch.float32)
+
+
+@pytest.mark.parametrize(
+    ("module", "traces"),
+    [(Spellings(), []), (NeedsDecomposition(), [1])],
+    ids=["rewritten", "kept"],
+)
+def test_results_match_torch_whichever_path_is_taken(module, traces, decompositions):
+    x = torch.linspace(-3, 3, 12).reshape(3, 4)
+    model = export(module, {"x": x}, {"x": {0: "batch"}})
+    assert decompositions == traces
+    y = torch.linspace(-4, 2, 20).reshape(5, 4)
+    got = run(model, {"x": y.numpy()})
+    with torch.no_grad():
+        want = module(y)
+    want = want if isinstance(want, tuple) else (want,)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-6, atol=1e-6)
