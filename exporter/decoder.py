@@ -28,6 +28,7 @@ from modelkiln.exporter.decoder_spec import (
     cache_names,
 )
 from modelkiln.exporter.specs import TaskSpec
+from modelkiln.exporter.torch_onnx_fast import fast_torch_onnx
 from modelkiln.exporter.trace import quiet, root_cause
 from modelkiln.generation import left_pad, positions
 from modelkiln.golden import GoldenSample
@@ -119,7 +120,7 @@ def trace_decoder(model: Any, spec: TaskSpec, model_type: str) -> Any:
     ]
     config = OnnxConfig(dynamic_shapes=dynamic, prefer_deferred_runtime_asserts_over_guards=True)
     try:
-        with quiet(), _size_oblivious():
+        with quiet(), _size_oblivious(), fast_torch_onnx():
             program, _ = OnnxExporter().export_program(model, sample, config)
     except Exception as exc:
         root = root_cause(exc)

@@ -76,6 +76,8 @@ def _translatable(graph_module: Any, registry: Any, dropped: set[Any]) -> bool:
     if any(module is not graph_module for module in graph_module.modules()):
         return False  # control flow or another nested graph: torch.onnx's own path
     for node in graph_module.graph.nodes:
+        if node.op in ("placeholder", "call_function") and "val" not in node.meta:
+            return False  # made by a pass after the trace: the re-trace gives it its types
         if node.op in ("placeholder", "output", "get_attr"):
             continue
         if node.op != "call_function" or isinstance(node.target, torch._ops.HigherOrderOperator):
