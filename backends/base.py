@@ -41,14 +41,16 @@ class BuildRequest:
     """What `Backend.build` gets: the simplified model (shared by every target: a backend
     that changes it works on a copy), the target with the precision to build, the staging
     folder (every file left there becomes part of the artifact), calibration samples for
-    the precisions in `calibrated`, and ONNX node names to leave in floating point (mixed
-    precision)."""
+    the precisions in `calibrated`, ONNX node names to leave in floating point (mixed
+    precision), and the build cache folder, where a backend may keep what later builds
+    reuse (TensorRT's timing cache; None with --no-cache: keep nothing)."""
 
     model: ir.Model
     target: Target
     out: Path
     calibration: Sequence[Feeds] = ()
     keep_float: frozenset[str] = frozenset()
+    cache_dir: Path | None = None
 
     @property
     def precision(self) -> Precision:

@@ -171,6 +171,7 @@ def export_targets(
         targets=targets,
         stock_architecture=stock_architecture,
     )
+    prepared.cache_dir = cache.root if cache is not None else None
     if linted and early is None:
         _static_checks(prepared.model, pairs, progress)
         if held:

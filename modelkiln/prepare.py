@@ -65,6 +65,7 @@ class Prepared:
     check_dims: tuple[dict[str, int], ...] = ()  # each sample's shape, inside the targets' ranges
     runner: Runner | None = None  # the reference model, once loaded
     generation: dict[str, Any] | None = None  # decoders: prompts and transformers' tokens
+    cache_dir: Path | None = None  # the build cache folder (None: --no-cache)
 
     @property
     def preprocessing(self) -> list[Path]:

@@ -372,14 +372,31 @@ def test_targets_lists_gpu_targets_with_reasons() -> None:
         assert "NVIDIA GPU" in rows[name]["reason"]
 
 
-def test_timing_cache_is_one_file_per_version_and_gpu(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("MODELKILN_CACHE_DIR", str(tmp_path))
-    a = timing_cache_path("10.3.0", "8.6", "NVIDIA A10")
+def test_timing_cache_is_one_file_per_version_and_gpu(tmp_path: Path) -> None:
+    a = timing_cache_path(tmp_path, "10.3.0", "8.6", "NVIDIA A10")
     assert a.parent == tmp_path / "tensorrt" and "10.3.0" in a.name and "sm8.6" in a.name
-    assert a != timing_cache_path("10.4.0", "8.6", "NVIDIA A10")
-    assert a != timing_cache_path("10.3.0", "8.9", "NVIDIA L4")
+    assert a != timing_cache_path(tmp_path, "10.4.0", "8.6", "NVIDIA A10")
+    assert a != timing_cache_path(tmp_path, "10.3.0", "8.9", "NVIDIA L4")
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache-dir", "no-cache"])
+def test_backends_get_the_build_cache_folder_the_export_uses(
+    tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_cache: bool
+) -> None:
+    """Where TensorRT keeps its timing cache: the --cache-dir folder, nothing with --no-cache."""
+    from modelkiln.backends.onnxruntime.backend import OnnxRuntimeBackend
+
+    seen: list[Path | None] = []
+    build = OnnxRuntimeBackend.build
+
+    def recording(self: Any, request: Any) -> Any:
+        seen.append(request.cache_dir)
+        return build(self, request)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "build", recording)
+    cache = tmp_path / "my-cache"
+    modelkiln.export(tiny_bert_dir, tmp_path / "out", cache_dir=cache, use_cache=use_cache)
+    assert seen == [cache if use_cache else None]
 
 
 # --------------------------------------------------------------------------- parser errors

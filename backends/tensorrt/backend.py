@@ -4,7 +4,8 @@ Precision lives in the ONNX graph, the same way on TensorRT 10 and 11 (11 remove
 precision builder flags and the int8 calibrator): fp16/bf16 by a cast pass
 (`cast_pass`), int8 as Q/DQ from calibration (`quantize`), built as a strongly typed
 network. Optimization profiles come from the target's shape ranges (`profiles`), the
-timing cache lives in the build cache folder and is reused by later builds, and the
+timing cache lives in the build cache folder (`--cache-dir`; none with `--no-cache`) and is
+reused by later builds, and the
 manifest records TensorRT, CUDA, GPU, compute capability and the compatibility flags that
 `load` checks (`compat`). `import tensorrt` happens only when a method needs it, so this
 module (and `kiln targets`) works on a machine without it.
@@ -29,7 +30,6 @@ from modelkiln.backends.tensorrt.runtime_info import (
     tensorrt_major,
     this_machine,
 )
-from modelkiln.cache_dir import default_cache_dir
 from modelkiln.manifest import BackendSection
 from modelkiln.precision.names import Precision
 from modelkiln.tensors import TensorSpec
@@ -62,11 +62,13 @@ def input_specs(model: ir.Model) -> dict[str, TensorSpec]:
     return specs
 
 
-def timing_cache_path(tensorrt_version: str, compute_capability: str, gpu: str) -> Path:
+def timing_cache_path(
+    cache_dir: Path, tensorrt_version: str, compute_capability: str, gpu: str
+) -> Path:
     """One timing cache per TensorRT version and GPU, beside the build cache's models."""
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", gpu).strip("-").lower() or "gpu"
     name = f"timing-{tensorrt_version}-sm{compute_capability}-{slug}.cache"
-    return default_cache_dir() / "tensorrt" / name
+    return cache_dir / "tensorrt" / name
 
 
 class TensorRtBackend:
@@ -100,8 +102,10 @@ class TensorRtBackend:
         model, method = self._with_precision(request)
         profiles = build_profiles(input_specs(model), options.profiles)
         timing = (
-            timing_cache_path(here.tensorrt_version, here.compute_capability, here.gpu)
-            if options.timing_cache
+            timing_cache_path(
+                request.cache_dir, here.tensorrt_version, here.compute_capability, here.gpu
+            )
+            if options.timing_cache and request.cache_dir is not None
             else None
         )
         scratch = Path(tempfile.mkdtemp(prefix=".tensorrt-build-", dir=request.out))

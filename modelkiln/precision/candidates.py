@@ -31,7 +31,9 @@ def build_request(
         if evaluation is not None and target.precision in backend.calibrated
         else ()
     )
-    return BuildRequest(prepared.model, target, out, calibration, frozenset(keep))
+    return BuildRequest(
+        prepared.model, target, out, calibration, frozenset(keep), prepared.cache_dir
+    )
 
 
 def build_and_open(
