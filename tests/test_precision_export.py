@@ -16,7 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -766,3 +769,26 @@ def test_openvino_auto_search(openvino_ready, tmp_path: Path, tiny_bert_dir: Pat
     assert chosen["precision"] != "fp32"
     assert leftovers(out) == []
     assert run_kiln("validate", out).exit_code == 0
+
+
+def test_a_calibrated_export_leaves_no_temporary_folder(
+    tiny_bert_dir: Path, tmp_path: Path, data: Data
+) -> None:
+    """The `kiln` process ends with os._exit (torch's teardown is slow): the exit handlers
+    that remove temporary folders (ONNX Runtime's calibration scratch) must still run."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    args = ["export", str(tiny_bert_dir), "-o", str(tmp_path / "out"), "--no-cache"]
+    args += ["--precision", "int8-static", "--calibration", str(data.calib)]
+    done = subprocess.run(
+        [sys.executable, "-m", "modelkiln.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "kiln.json").is_file()
+    # `.ses` is onnxruntime's own: its native library writes $TMPDIR/.ses on import
+    assert sorted(p.name for p in scratch.iterdir() if p.name != ".ses") == []
