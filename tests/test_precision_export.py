@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import os
+import random
 import re
 import subprocess
 import sys
