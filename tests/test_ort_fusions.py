@@ -125,6 +125,40 @@ def test_export_records_the_backend_passes_and_inspect_shows_them(
     assert "ort-packed-attention (onnxruntime):" in text
 
 
+def test_cpu_artifacts_keep_add_and_layer_norm_and_onnxruntime_does_not_refuse_them(
+    tiny_bert_artifact: Exported, tmp_path: Path
+) -> None:
+    """ORT's CPU SkipLayerNormalization kernel is the slow one (benchmarks/ort_kernels.py):
+    a cpu artifact has no SkipLayerNormalization, and its manifest turns off the load-time
+    fusion that would make one; without that setting onnxruntime would fuse it back."""
+    backend = tiny_bert_artifact.manifest["backend"]
+    names = [p["name"] for p in backend["passes"]]
+    assert "ort-skip-layer-norm" not in names and "ort-skip-rms-norm" not in names
+    assert backend["disabled_optimizers"] == ["SkipLayerNormFusion"]
+    model = tiny_bert_artifact.path / "model.onnx"
+    assert ops(ir.load(model))["LayerNormalization"] > 0
+    assert "com.microsoft::SkipLayerNormalization" not in ops(ir.load(model))
+
+    def optimized(**extra: object) -> collections.Counter[str]:
+        options = ort.SessionOptions()
+        out = tmp_path / f"optimized-{len(extra)}.onnx"
+        options.optimized_model_filepath = str(out)
+        ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"], **extra)
+        return ops(ir.load(out))
+
+    assert "com.microsoft::SkipLayerNormalization" in optimized()
+    kept = optimized(disabled_optimizers=backend["disabled_optimizers"])
+    assert "com.microsoft::SkipLayerNormalization" not in kept
+    session = modelkiln.load(tiny_bert_artifact.path)
+    feeds = models.text_feeds(INPUTS, 2, 9, seed=3)
+    reference = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(
+        session.run(feeds)["last_hidden_state"],
+        reference.run(["last_hidden_state"], feeds)[0],
+        atol=1e-5,
+    )
+
+
 def test_off_exports_the_plain_graph(plain: Exported) -> None:
     backend = plain.manifest["backend"]
     assert "passes" not in backend and backend["ort_fusions"]["level"] == "off"

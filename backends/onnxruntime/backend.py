@@ -136,9 +136,12 @@ class OnnxRuntimeBackend:
             model, extra["smooth_quant"] = self._smoothed(request)
         asked = option_choice(target, "ort_fusions", fusions.CHOICES, fusions.AUTO)
         level = fusions.resolve(asked, precision)
-        fused = fusions.fuse(model, level)
+        on_cpu = DEVICES[target.device] == "CPUExecutionProvider"
+        fused = fusions.fuse(model, level, skip_norms=not on_cpu)
         model, passes = fused.model, fused.passes
         extra["ort_fusions"] = {"level": level, "asked": asked, **fused.record()}
+        if on_cpu:  # see fusions: the CPU kernels of Skip*Normalization are the slow ones
+            extra["disabled_optimizers"] = list(fusions.CPU_DISABLED_OPTIMIZERS)
         if precision is not Precision.FP32:
             extra["quantization"] = quantize(
                 ir.serde.serialize_model(model),

@@ -15,6 +15,13 @@ Levels, each including the one before:
   quantization still reaches them;
 - `attention`: + Attention with one packed QKV weight (fastest in float).
 `auto` picks per precision what `benchmarks/minilm.py` measured fastest; `off` runs none.
+
+On the CPU execution provider the residual add + norm stay `Add` + `LayerNormalization` (or
+`SimplifiedLayerNormalization`): `skip_norms=False`, and the session disables ONNX Runtime's own
+`SkipLayerNormFusion`. onnxruntime 1.32's CPU SkipLayerNormalization kernel measured 2.6x (1x128
+tokens) to 6.5x (32x128) slower than Add + LayerNormalization, SkipSimplifiedLayerNormalization
+up to 1.8x slower than its pair and never faster (`benchmarks/ort_kernels.py`); on MiniLM that
+is 4-16 % of a whole inference. Other execution providers get the fused kernels.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from modelkiln.manifest import PassRecord
 from modelkiln.precision.names import Precision
 
 LEVELS = ("off", "norms", "multi-head", "attention")
+# ONNX Runtime's load-time fusions an artifact for the CPU execution provider turns off.
+CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 AUTO = "auto"
 CHOICES = (AUTO, *LEVELS)
 # What `auto` runs, per precision: packed-QKV Attention is fastest in float; quantized
@@ -50,7 +59,7 @@ def resolve(level: str, precision: Precision) -> str:
     return AUTO_LEVEL.get(precision, "off") if level == AUTO else level
 
 
-def _steps(level: str) -> list[tuple[str, Callable[[ir.Model], int]]]:
+def _steps(level: str, skip_norms: bool) -> list[tuple[str, Callable[[ir.Model], int]]]:
     """(pass name, fusion) in the order onnxscript's own `fuse_xformers` applies them."""
     from onnxscript.rewriter.ort_fusions.attention import fuse_attention
     from onnxscript.rewriter.ort_fusions.bias_gelu import fuse_bias_gelu
@@ -70,9 +79,12 @@ def _steps(level: str) -> list[tuple[str, Callable[[ir.Model], int]]]:
     steps: list[tuple[str, Callable[[ir.Model], int]]] = [
         ("ort-erf-gelu", fuse_erfgelu),
         ("ort-rms-norm", fuse_rms_normalization),
-        ("ort-skip-layer-norm", fuse_skip_layer_normalization),
-        ("ort-skip-rms-norm", fuse_skip_rms_normalization),
     ]
+    if skip_norms:
+        steps += [
+            ("ort-skip-layer-norm", fuse_skip_layer_normalization),
+            ("ort-skip-rms-norm", fuse_skip_rms_normalization),
+        ]
     if level in ("multi-head", "attention"):
         steps += [
             ("ort-sdpa", lambda m: fuse_sdpa(m, apply_shape_inference=True)),
@@ -116,10 +128,11 @@ class Fused:
         return {"fused": dict(self.counts), **extra}
 
 
-def fuse(model: ir.Model, level: str) -> Fused:
+def fuse(model: ir.Model, level: str, skip_norms: bool = True) -> Fused:
     """A fused copy of `model` (the original is left as it is). If the rules left the copy
     unfit to ship (another interface, or an intermediate op of the rewriter's own domain
-    that no later fusion consumed), the original, with the reason."""
+    that no later fusion consumed), the original, with the reason. `skip_norms`: fuse residual
+    add + norm into Skip(Simplified)LayerNormalization (not for the CPU provider)."""
     from onnx_ir.passes import common
     from onnxscript.optimizer import optimize
     from onnxscript.rewriter import rewrite
@@ -132,7 +145,7 @@ def fuse(model: ir.Model, level: str) -> Fused:
     # Shapes for the attention rules; the shared passes already folded and simplified.
     records = [_timed("ort-prepare", fused, common.ShapeInferencePass())]
 
-    for name, step in _steps(level):
+    for name, step in _steps(level, skip_norms):
 
         def counted(m: ir.Model, name: str = name, step: Callable[[ir.Model], int] = step) -> None:
             counts[name] = int(step(m))

@@ -44,9 +44,12 @@ class OnnxRuntimeSession(Session):
         if threads:
             opts.intra_op_num_threads = int(threads)
         opts.log_severity_level = 4  # failures surface as exceptions, not log lines
+        # Load-time fusions the build turned off (see backends/onnxruntime/fusions.py).
+        disabled = [str(name) for name in section.get("disabled_optimizers", [])]
+        extra = {"disabled_optimizers": disabled} if disabled else {}
         try:
             self._session = ort.InferenceSession(
-                str(artifact.file("model")), opts, providers=providers
+                str(artifact.file("model")), opts, providers=providers, **extra
             )
         except Exception as exc:  # ORT raises its own exception types per failure
             raise BuildError(
