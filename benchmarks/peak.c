@@ -48,35 +48,21 @@ static const uint16_t BF16[32] __attribute__((aligned(64))) = { /* 0.5 in bfloat
 static const int16_t ONES[16] __attribute__((aligned(64))) = {
     1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
 
+/* The 12-chain kernels: one instruction per accumulator 0-11, as string pieces. */
+#define TWELVE(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11)
+#define ZERO_YMM(acc) "vxorps %%ymm" #acc ", %%ymm" #acc ", %%ymm" #acc "\n\t"
+#define ZERO_ZMM(acc) "vpxord %%zmm" #acc ", %%zmm" #acc ", %%zmm" #acc "\n\t"
+#define FMA(acc) "vfmadd231ps %%ymm14, %%ymm15, %%ymm" #acc "\n\t"
+#define DPBUSD(acc) "vpdpbusd %%zmm31, %%zmm30, %%zmm" #acc "\n\t"
+#define DPBF16(acc) "vdpbf16ps %%zmm31, %%zmm30, %%zmm" #acc "\n\t"
+
 static void fp32_loop(long n) {
     __asm__ volatile(
         "vmovaps (%1), %%ymm14\n\t"
         "vmovaps (%1), %%ymm15\n\t"
-        "vxorps %%ymm0, %%ymm0, %%ymm0\n\t"
-        "vxorps %%ymm1, %%ymm1, %%ymm1\n\t"
-        "vxorps %%ymm2, %%ymm2, %%ymm2\n\t"
-        "vxorps %%ymm3, %%ymm3, %%ymm3\n\t"
-        "vxorps %%ymm4, %%ymm4, %%ymm4\n\t"
-        "vxorps %%ymm5, %%ymm5, %%ymm5\n\t"
-        "vxorps %%ymm6, %%ymm6, %%ymm6\n\t"
-        "vxorps %%ymm7, %%ymm7, %%ymm7\n\t"
-        "vxorps %%ymm8, %%ymm8, %%ymm8\n\t"
-        "vxorps %%ymm9, %%ymm9, %%ymm9\n\t"
-        "vxorps %%ymm10, %%ymm10, %%ymm10\n\t"
-        "vxorps %%ymm11, %%ymm11, %%ymm11\n\t"
+        TWELVE(ZERO_YMM)
         "1:\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %%ymm0\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %%ymm1\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %%ymm2\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %%ymm3\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %%ymm4\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %%ymm5\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %%ymm6\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %%ymm7\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %%ymm8\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %%ymm9\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %%ymm10\n\t"
-        "vfmadd231ps %%ymm14, %%ymm15, %%ymm11\n\t"
+        TWELVE(FMA)
         "dec %0\n\t"
         "jnz 1b\n\t"
         "vzeroupper\n\t"
@@ -119,31 +105,9 @@ __attribute__((target("avx512f,avx512vnni"))) static void vnni_loop(long n) {
     __asm__ volatile(
         "vmovdqa64 (%1), %%zmm30\n\t"
         "vmovdqa64 (%1), %%zmm31\n\t"
-        "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
-        "vpxord %%zmm1, %%zmm1, %%zmm1\n\t"
-        "vpxord %%zmm2, %%zmm2, %%zmm2\n\t"
-        "vpxord %%zmm3, %%zmm3, %%zmm3\n\t"
-        "vpxord %%zmm4, %%zmm4, %%zmm4\n\t"
-        "vpxord %%zmm5, %%zmm5, %%zmm5\n\t"
-        "vpxord %%zmm6, %%zmm6, %%zmm6\n\t"
-        "vpxord %%zmm7, %%zmm7, %%zmm7\n\t"
-        "vpxord %%zmm8, %%zmm8, %%zmm8\n\t"
-        "vpxord %%zmm9, %%zmm9, %%zmm9\n\t"
-        "vpxord %%zmm10, %%zmm10, %%zmm10\n\t"
-        "vpxord %%zmm11, %%zmm11, %%zmm11\n\t"
+        TWELVE(ZERO_ZMM)
         "1:\n\t"
-        "vpdpbusd %%zmm31, %%zmm30, %%zmm0\n\t"
-        "vpdpbusd %%zmm31, %%zmm30, %%zmm1\n\t"
-        "vpdpbusd %%zmm31, %%zmm30, %%zmm2\n\t"
-        "vpdpbusd %%zmm31, %%zmm30, %%zmm3\n\t"
-        "vpdpbusd %%zmm31, %%zmm30, %%zmm4\n\t"
-        "vpdpbusd %%zmm31, %%zmm30, %%zmm5\n\t"
-        "vpdpbusd %%zmm31, %%zmm30, %%zmm6\n\t"
-        "vpdpbusd %%zmm31, %%zmm30, %%zmm7\n\t"
-        "vpdpbusd %%zmm31, %%zmm30, %%zmm8\n\t"
-        "vpdpbusd %%zmm31, %%zmm30, %%zmm9\n\t"
-        "vpdpbusd %%zmm31, %%zmm30, %%zmm10\n\t"
-        "vpdpbusd %%zmm31, %%zmm30, %%zmm11\n\t"
+        TWELVE(DPBUSD)
         "dec %0\n\t"
         "jnz 1b\n\t"
         "vzeroupper\n\t"
@@ -154,27 +118,13 @@ __attribute__((target("avx512f,avx512vnni"))) static void vnni_loop(long n) {
 }
 #define VNNI_OPS (12.0 * 128.0)
 
-#define DPBF16(acc) "vdpbf16ps %%zmm31, %%zmm30, %%zmm" #acc "\n\t"
-
 __attribute__((target("avx512f,avx512bf16"))) static void bf16_loop(long n) {
     __asm__ volatile(
         "vmovdqa64 (%1), %%zmm30\n\t"
         "vmovdqa64 (%1), %%zmm31\n\t"
-        "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
-        "vpxord %%zmm1, %%zmm1, %%zmm1\n\t"
-        "vpxord %%zmm2, %%zmm2, %%zmm2\n\t"
-        "vpxord %%zmm3, %%zmm3, %%zmm3\n\t"
-        "vpxord %%zmm4, %%zmm4, %%zmm4\n\t"
-        "vpxord %%zmm5, %%zmm5, %%zmm5\n\t"
-        "vpxord %%zmm6, %%zmm6, %%zmm6\n\t"
-        "vpxord %%zmm7, %%zmm7, %%zmm7\n\t"
-        "vpxord %%zmm8, %%zmm8, %%zmm8\n\t"
-        "vpxord %%zmm9, %%zmm9, %%zmm9\n\t"
-        "vpxord %%zmm10, %%zmm10, %%zmm10\n\t"
-        "vpxord %%zmm11, %%zmm11, %%zmm11\n\t"
+        TWELVE(ZERO_ZMM)
         "1:\n\t"
-        DPBF16(0) DPBF16(1) DPBF16(2) DPBF16(3) DPBF16(4) DPBF16(5)
-        DPBF16(6) DPBF16(7) DPBF16(8) DPBF16(9) DPBF16(10) DPBF16(11)
+        TWELVE(DPBF16)
         "dec %0\n\t"
         "jnz 1b\n\t"
         "vzeroupper\n\t"
