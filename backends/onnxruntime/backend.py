@@ -4,7 +4,9 @@ The artifact holds the model from the shared passes plus this backend's own: ONN
 contrib-op fusions (`fusions.py`, target option `ort_fusions`) on a copy, so they never reach
 the model other backends build from; ORT's load-time optimizer runs on top when a session is
 created (at the target's graph optimization level). Reduced precisions quantize the fused
-graph (int8-smooth smooths it first, `smooth_quant.py`).
+graph (int8-smooth first splits the feed-forward blocks' outlier channels off in float,
+`outlier_split.py`, and smooths the other MatMul inputs, `smooth_quant.py`; target option
+`outlier_channels`, default 8 per block, 0 turns the split off).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import modelkiln.backends.onnxruntime.fusions as fusions
+import modelkiln.backends.onnxruntime.unpadded_attention as unpadded_attention
 from modelkiln.backends.base import BuildRequest
+from modelkiln.backends.onnxruntime.outlier_split import DEFAULT_CHANNELS
 from modelkiln.backends.onnxruntime.quantize import Int4Settings, quantize, smoothed_for_int8
 from modelkiln.backends.onnxruntime.session import OnnxRuntimeSession
 from modelkiln.backends.registry import install_hint
@@ -24,6 +28,7 @@ from modelkiln.backends.target_checks import (
     check_options,
     check_precision,
     option_choice,
+    option_flag,
     option_whole_number,
 )
 from modelkiln.errors import BackendUnavailable, UserInputError
@@ -45,6 +50,8 @@ OPTIONS = {
     "int4_accuracy_level",
     "ort_fusions",
     "smooth_quant_alpha",
+    "outlier_channels",
+    "unpadded_attention",
 }
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 DEVICES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -93,6 +100,19 @@ def _alphas(target: Target) -> tuple[float, ...]:
     return (float(value),)
 
 
+def _wrap_file(path: Path, passes: list[PassRecord]) -> None:
+    """`unpadded_attention` on a model the quantization tools wrote (one file: they keep
+    weights inline), rewritten only when it has a node to wrap."""
+    import onnx_ir as ir
+
+    if path.stat().st_size >= DEFAULT_EXTERNAL_DATA_THRESHOLD:
+        return
+    model = ir.load(path)
+    if unpadded_attention.applies(model):
+        passes.append(unpadded_attention.wrap(model))
+        ir.save(model, path)
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
     precisions = PRECISIONS
@@ -116,6 +136,8 @@ class OnnxRuntimeBackend:
         option_choice(target, "ort_fusions", fusions.CHOICES, fusions.AUTO)
         _int4_settings(target)
         _alphas(target)
+        option_whole_number(target, "outlier_channels", DEFAULT_CHANNELS, minimum=0)
+        option_flag(target, "unpadded_attention", True)
         check_precision(target, self.name, PRECISIONS)
         check_device(target, self.name, DEVICES)
         provider = DEVICES[target.device]
@@ -132,16 +154,18 @@ class OnnxRuntimeBackend:
         target, model, out = request.target, request.model, request.out
         precision = request.precision
         extra: dict[str, Any] = {}
-        if precision is Precision.INT8_SMOOTH:
-            model, extra["smooth_quant"] = self._smoothed(request)
         asked = option_choice(target, "ort_fusions", fusions.CHOICES, fusions.AUTO)
         level = fusions.resolve(asked, precision)
         on_cpu = DEVICES[target.device] == "CPUExecutionProvider"
         fused = fusions.fuse(model, level, skip_norms=not on_cpu)
         model, passes = fused.model, fused.passes
         extra["ort_fusions"] = {"level": level, "asked": asked, **fused.record()}
+        float_nodes: list[str] = []
+        if precision is Precision.INT8_SMOOTH:  # on the fused graph: it rewrites BiasGelu blocks
+            model, extra["smooth_quant"], float_nodes = self._smoothed(request, model)
         if on_cpu:  # see fusions: the CPU kernels of Skip*Normalization are the slow ones
             extra["disabled_optimizers"] = list(fusions.CPU_DISABLED_OPTIMIZERS)
+        unpadded = on_cpu and option_flag(target, "unpadded_attention", True)
         if precision is not Precision.FP32:
             extra["quantization"] = quantize(
                 ir.serde.serialize_model(model),
@@ -149,10 +173,17 @@ class OnnxRuntimeBackend:
                 out / MODEL_FILE,
                 calibration=request.calibration,
                 keep=sorted(request.keep_float),
+                also_float=float_nodes,
                 calibration_cache=self._calibration_cache(request),
                 int4=_int4_settings(target),
             )
+            if unpadded:
+                _wrap_file(out / MODEL_FILE, passes)
             return self._section(target, {"model": MODEL_FILE}, passes, **extra)
+        if unpadded and unpadded_attention.applies(model):
+            if model is request.model:  # unfused: the shared graph, which others build from
+                model = model.clone()
+            passes.append(unpadded_attention.wrap(model))
         threshold = int(
             target.options.get("external_data_threshold_bytes", DEFAULT_EXTERNAL_DATA_THRESHOLD)
         )
@@ -169,21 +200,25 @@ class OnnxRuntimeBackend:
             ir.save(model, out / MODEL_FILE)
         return self._section(target, files, passes, **extra)
 
-    def _smoothed(self, request: BuildRequest) -> tuple[Any, dict[str, Any]]:
-        """The model smoothed for int8-smooth. The mixed-precision search rebuilds one model
-        many times with the same calibration set: after the first build, this process
-        reuses its calibration statistics and the alpha it chose."""
+    def _smoothed(self, request: BuildRequest, model: Any) -> tuple[Any, dict[str, Any], list[str]]:
+        """`model` (the fused graph) prepared for int8-smooth, its record and the nodes to
+        leave float. The mixed-precision search rebuilds one model many times with the same
+        calibration set: after the first build, this process reuses its calibration
+        statistics and the alpha it chose."""
         alphas = _alphas(request.target)
+        channels = option_whole_number(
+            request.target, "outlier_channels", DEFAULT_CHANNELS, minimum=0
+        )
         key = self._calibration_cache(request)
         stats, chosen = self._smoothing.get(key, (None, None)) if key else (None, None)
         if chosen is not None and len(alphas) > 1:
             alphas = (chosen,)
-        model, record, stats = smoothed_for_int8(
-            request.model, request.calibration, sorted(request.keep_float), alphas, stats
+        model, record, stats, float_nodes = smoothed_for_int8(
+            model, request.calibration, sorted(request.keep_float), alphas, stats, channels
         )
         if key is not None:
             self._smoothing[key] = (stats, chosen if chosen is not None else record["alpha"])
-        return model, record
+        return model, record, float_nodes
 
     def _section(
         self, target: Target, files: dict[str, str], passes: list[PassRecord], **extra: Any

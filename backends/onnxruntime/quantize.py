@@ -4,8 +4,10 @@
   sensitive ops (softmax, normalizations, reductions) kept fp32.
 - int8-dynamic: `quantize_dynamic`, per-channel int8 weights of MatMul/Gemm (and the
   embedding tables' Gather), activations quantized at run time.
-- int8-smooth: int8-dynamic after SmoothQuant (`smooth_quant.py`), its alpha chosen by the
-  worst cosine on the calibration samples (`smoothed_for_int8`).
+- int8-smooth: int8-dynamic after the feed-forward blocks' outlier channels are split off in
+  float (`outlier_split.py`) and the other MatMul inputs are smoothed (SmoothQuant,
+  `smooth_quant.py`), its alpha chosen by the worst cosine on the calibration samples
+  (`smoothed_for_int8`).
 - int8-static: `quantize_static` in QDQ format (explicit quantization, the form TensorRT
   needs too), per-channel weights, activation ranges from the calibration samples.
 - int4-weights: MatMulNBits 4-bit block-quantized weights.
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from modelkiln.backends.onnxruntime.outlier_split import DEFAULT_CHANNELS
 from modelkiln.backends.ort_quantization import CalibrationReader, quiet
 from modelkiln.errors import BuildError
 
@@ -62,12 +65,16 @@ def quantize(
     keep: Sequence[str] = (),
     calibration_cache: Path | None = None,
     int4: Int4Settings | None = None,
+    also_float: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write `proto` at `precision` to `out_file`; returns what the manifest records.
 
     `calibration_cache` (a JSON file, created on first use) lets repeated int8-static builds
     of one model with one calibration set, as the mixed-precision search makes, skip
-    calibration."""
+    calibration.
+
+    `also_float`: more nodes to leave in fp32 that are not the user's choice (int8-smooth's
+    float branches); the record lists only `keep`."""
     import onnx
 
     scratch = Path(tempfile.mkdtemp(prefix=".ort-quantize-", dir=out_file.parent))
@@ -75,6 +82,7 @@ def quantize(
         source = scratch / "fp32.onnx"
         onnx.save(proto, str(source), save_as_external_data=False)
         record: dict[str, Any] = {"precision": precision, "kept_fp32": sorted(keep)}
+        keep = sorted({*keep, *also_float})
         try:
             with quiet():
                 if precision == "fp16":
@@ -207,15 +215,22 @@ def smoothed_for_int8(
     keep: Sequence[str],
     alphas: Sequence[float],
     stats: tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]] | None = None,
-) -> tuple[Any, dict[str, Any], tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]]:
-    """`model` (onnx_ir) smoothed for int8-dynamic with the alpha, of `alphas`, whose int8
-    build keeps the highest worst-case cosine to fp32 on the calibration samples (measured
-    end to end: the per-layer quantization error did not predict the worst sentence); the
-    manifest's record; and the calibration statistics (channel maxima of every MatMul input,
-    fp32 outputs), which a rebuild of the same model with other `keep` can pass back."""
+    outlier_channels: int = DEFAULT_CHANNELS,
+) -> tuple[
+    Any, dict[str, Any], tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]], list[str]
+]:
+    """`model` (onnx_ir, fused) prepared for int8-dynamic: the `outlier_channels` largest
+    channels of each feed-forward block's GELU output split off in float (`outlier_split`),
+    then every other MatMul input smoothed with the alpha, of `alphas`, whose int8 build keeps
+    the highest worst-case cosine to fp32 on the calibration samples (measured end to end:
+    the per-layer quantization error did not predict the worst sentence). Returns it, the
+    manifest's record, the calibration statistics (channel maxima of every MatMul input, fp32
+    outputs), which a rebuild of the same model with other `keep` can pass back, and the
+    nodes quantization must leave in float (the split's branches)."""
     import onnx_ir as ir
     import onnxruntime as ort
 
+    from modelkiln.backends.onnxruntime.outlier_split import split
     from modelkiln.backends.onnxruntime.smooth_quant import (
         channel_maxima,
         matmul_groups,
@@ -226,14 +241,21 @@ def smoothed_for_int8(
 
     if not calibration:
         raise BuildError("int8-smooth needs calibration samples")
-    skip = frozenset(keep)
     if stats is None:
         names = list(matmul_groups(model))
         stats = channel_maxima(ir.serde.serialize_model(model), calibration, names)
     maxima, references = stats
+    model, parted = split(model, maxima, outlier_channels)
+    float_nodes = list(parted.float_matmuls)
+    # The down projections' int8 parts are not smoothed (their input's outliers left), nor
+    # the float branches reading the split-off channels; the up branches are smoothed with
+    # their block's other projection, so a norm that fed only it can still absorb the scale.
+    skip = frozenset(keep) | frozenset(parted.down_matmuls) | frozenset(parted.down_branches)
+    quantize_keep = sorted({*keep, *float_nodes})
+    extra = {"outlier_split": parted.to_json()} if parted.sites else {}
     if len(alphas) == 1:
         candidate, info = smooth(model, maxima, alphas[0], skip)
-        return candidate, _smooth_record(info, {}, len(calibration)), stats
+        return candidate, _smooth_record(info, {}, len(calibration)) | extra, stats, float_nodes
     scores: dict[str, float] = {}
     best: tuple[float, Any, Any] | None = None
     scratch = Path(tempfile.mkdtemp(prefix="kiln-smooth-"))
@@ -241,7 +263,7 @@ def smoothed_for_int8(
         for alpha in alphas:
             candidate, info = smooth(model, maxima, alpha, skip)
             path = scratch / f"alpha-{alpha}.onnx"
-            quantize(ir.serde.serialize_model(candidate), "int8-dynamic", path, keep=keep)
+            quantize(ir.serde.serialize_model(candidate), "int8-dynamic", path, keep=quantize_keep)
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             score = round(worst_cosine(references, run_samples(session, calibration)), 6)
             scores[f"{alpha:g}"] = score
@@ -250,7 +272,8 @@ def smoothed_for_int8(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     assert best is not None
-    return best[1], _smooth_record(best[2], scores, len(calibration)), stats
+    record = _smooth_record(best[2], scores, len(calibration)) | extra
+    return best[1], record, stats, float_nodes
 
 
 def _smooth_record(info: Any, scores: dict[str, float], samples: int) -> dict[str, Any]:

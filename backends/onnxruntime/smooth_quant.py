@@ -9,8 +9,10 @@ exactly by dividing input channel k of x by s_k and multiplying row k of W by s_
 become easy to quantize. The channel maxima come from the calibration samples.
 
 The division is folded into the LayerNormalization that produces x when it feeds only the
-smoothed MatMuls (scale and bias divided by s, no extra op); other inputs (the attention
-context, the GELU output) get one Mul by 1/s. The graph computes the same function in float
+smoothed MatMuls (scale and bias divided by s, no extra op), and into the value projection
+when x is the context of ONNX Runtime's MultiHeadAttention (each context channel is a
+weighted sum of one value channel, so dividing that value column and its bias divides the
+channel); other inputs get one Mul by 1/s. The graph computes the same function in float
 (up to rounding); only its quantization changes.
 """
 
@@ -33,6 +35,7 @@ class Smoothed:
     alpha: float
     groups: int = 0  # activations smoothed (each feeds one or more MatMuls)
     folded: int = 0  # of them, folded into the LayerNormalization producing them
+    folded_values: int = 0  # of them, attention contexts folded into the value projection
     scaled: int = 0  # of them, given an explicit Mul
     matmuls: list[str] = field(default_factory=list)
 
@@ -41,9 +44,20 @@ class Smoothed:
             "alpha": self.alpha,
             "activations": self.groups,
             "folded_into_layer_norm": self.folded,
+            "folded_into_attention_values": self.folded_values,
             "explicit_scales": self.scaled,
             "matmuls": len(self.matmuls),
         }
+
+
+def fresh_name(graph: ir.Graph, base: str) -> str:
+    """`base`, or `base_2`, `base_3`...: the first no initializer of `graph` has (one constant
+    can be shared by several nodes, each of which gets its own rewritten copy)."""
+    name, count = base, 1
+    while name in graph.initializers:
+        count += 1
+        name = f"{base}_{count}"
+    return name
 
 
 def _weight(node: ir.Node) -> np.ndarray | None:
@@ -137,7 +151,7 @@ def smooth(
             value = node.inputs[1]
             assert value is not None
             scaled = ir.Value(
-                name=f"{value.name}_smoothed",
+                name=fresh_name(graph, f"{value.name}_smoothed"),
                 const_value=ir.tensor((weight * scale[:, None]).astype(weight.dtype)),
                 shape=ir.Shape(weight.shape),
                 type=value.type,
@@ -149,8 +163,11 @@ def smooth(
         if _fold_into_layer_norm(x, nodes, scale):
             record.folded += 1
             continue
+        if _fold_into_attention_values(x, nodes, scale):
+            record.folded_values += 1
+            continue
         inverse = ir.Value(
-            name=f"{name}_smooth_scale",
+            name=fresh_name(graph, f"{name}_smooth_scale"),
             const_value=ir.tensor(1.0 / scale),
             shape=ir.Shape(scale.shape),
             type=ir.TensorType(ir.DataType.FLOAT),
@@ -186,13 +203,73 @@ def _fold_into_layer_norm(x: ir.Value, nodes: list[ir.Node], scale: np.ndarray) 
         assert param.const_value is not None
         array = param.const_value.numpy()
         divided = ir.Value(
-            name=f"{param.name}_smoothed",
+            name=fresh_name(graph, f"{param.name}_smoothed"),
             const_value=ir.tensor((array / scale).astype(array.dtype)),
             shape=ir.Shape(array.shape),
             type=param.type,
         )
         graph.register_initializer(divided)
         norm.replace_input_with(index, divided)
+    return True
+
+
+def _fold_into_attention_values(x: ir.Value, nodes: list[ir.Node], scale: np.ndarray) -> bool:
+    """Divide the value projection feeding the MultiHeadAttention whose context is `x` by
+    `scale`, per channel: only when only `nodes` read x, nothing else reads the values, they
+    come from a MatMul with a constant weight, the packed Q/K/V bias (if any) is constant, and
+    no past key/value joins them (those would stay undivided)."""
+    attention = x.producer()
+    if attention is None or attention.op_type != "MultiHeadAttention":
+        return False
+    if attention.domain != "com.microsoft" or attention.outputs[0] is not x:
+        return False
+    if x.is_graph_output() or {id(u) for u, _ in x.uses()} != {id(n) for n in nodes}:
+        return False
+    inputs = list(attention.inputs)
+    if len(inputs) < 3 or any(v is not None for v in inputs[6:]):
+        return False
+    if any(o.uses() or o.is_graph_output() for o in attention.outputs[1:]):
+        return False
+    values = inputs[2]
+    projection = values.producer() if values is not None else None
+    if values is None or projection is None or projection.op_type != "MatMul":
+        return False
+    if values.is_graph_output() or len(values.uses()) != 1:
+        return False
+    weight = _weight(projection)
+    width = scale.shape[0]
+    if weight is None or weight.shape[1] != width:
+        return False
+    bias_value = inputs[3] if len(inputs) > 3 else None
+    bias = None
+    if bias_value is not None:
+        const = bias_value.const_value
+        if const is None or const.shape != ir.Shape([3 * width]):
+            return False
+        bias = const.numpy().copy()
+        dtype = bias.dtype
+    graph = attention.graph
+    assert graph is not None
+    old = projection.inputs[1]
+    assert old is not None
+    divided = ir.Value(
+        name=fresh_name(graph, f"{old.name}_context_smoothed"),
+        const_value=ir.tensor((weight / scale[None, :]).astype(weight.dtype)),
+        shape=ir.Shape(weight.shape),
+        type=old.type,
+    )
+    graph.register_initializer(divided)
+    projection.replace_input_with(1, divided)
+    if bias is not None and bias_value is not None:
+        bias[2 * width :] = bias[2 * width :] / scale
+        new_bias = ir.Value(
+            name=fresh_name(graph, f"{bias_value.name}_context_smoothed"),
+            const_value=ir.tensor(bias.astype(dtype)),
+            shape=ir.Shape(bias.shape),
+            type=bias_value.type,
+        )
+        graph.register_initializer(new_bias)
+        attention.replace_input_with(3, new_bias)
     return True
 
 
