@@ -27,6 +27,22 @@ HIDDEN, INNER, TOKENS = 32, 64, 7
 OUTLIERS = [5, 41]
 
 
+def x_to_y(nodes: list, inits: dict[str, np.ndarray], name: str) -> onnx.ModelProto:
+    """A model of `nodes` from x to y, both [batch, sequence, HIDDEN] float."""
+    shape = ["batch", "sequence", HIDDEN]
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    opsets = [helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 9
+    return model
+
+
 def ffn_proto(gelu: str) -> onnx.ModelProto:
     """x -> LayerNorm -> up MatMul -> (+ bias, GELU) -> down MatMul -> + bias -> y. `gelu`:
     "bias-gelu" (com.microsoft BiasGelu taking the bias) or "add-gelu" (Add, then ONNX Gelu)."""
@@ -56,18 +72,7 @@ def ffn_proto(gelu: str) -> onnx.ModelProto:
         helper.make_node("MatMul", ["g", "w_down"], ["d"], name="down"),
         helper.make_node("Add", ["d", "b_down"], ["y"]),
     ]
-    shape = ["batch", "sequence", HIDDEN]
-    graph = helper.make_graph(
-        nodes,
-        "ffn",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()],
-    )
-    opsets = [helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1)]
-    model = helper.make_model(graph, opset_imports=opsets)
-    model.ir_version = 9
-    return model
+    return x_to_y(nodes, inits, "ffn")
 
 
 def feeds(count: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -179,18 +184,7 @@ def attention_proto() -> onnx.ModelProto:
         ),
         helper.make_node("MatMul", ["context", "wo"], ["y"], name="o"),
     ]
-    shape = ["batch", "sequence", HIDDEN]
-    graph = helper.make_graph(
-        nodes,
-        "attention",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()],
-    )
-    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
-    model = helper.make_model(graph, opset_imports=opsets)
-    model.ir_version = 9
-    return model
+    return x_to_y(nodes, inits, "attention")
 
 
 def test_the_context_scale_folds_into_the_value_projection() -> None:
