@@ -102,14 +102,16 @@ def _steps(level: str, skip_norms: bool) -> list[tuple[str, Callable[[ir.Model],
     return steps
 
 
-def _count(model: ir.Model) -> int:
+def count_nodes(model: ir.Model) -> int:
+    """Nodes of `model`, those of subgraphs included."""
     return sum(1 for _ in model.graph.all_nodes())
 
 
-def _timed(name: str, model: ir.Model, run: Callable[[ir.Model], Any]) -> PassRecord:
-    before, start = _count(model), time.perf_counter()
+def timed_pass(name: str, model: ir.Model, run: Callable[[ir.Model], Any]) -> PassRecord:
+    """`run(model)` in place, recorded for the manifest: nodes before and after, seconds."""
+    before, start = count_nodes(model), time.perf_counter()
     run(model)
-    after = _count(model)
+    after = count_nodes(model)
     return PassRecord(name, before, after, after != before, round(time.perf_counter() - start, 4))
 
 
@@ -143,14 +145,14 @@ def fuse(model: ir.Model, level: str, skip_norms: bool = True) -> Fused:
     fused = model.clone()
     counts: dict[str, int] = {}
     # Shapes for the attention rules; the shared passes already folded and simplified.
-    records = [_timed("ort-prepare", fused, common.ShapeInferencePass())]
+    records = [timed_pass("ort-prepare", fused, common.ShapeInferencePass())]
 
     for name, step in _steps(level, skip_norms):
 
         def counted(m: ir.Model, name: str = name, step: Callable[[ir.Model], int] = step) -> None:
             counts[name] = int(step(m))
 
-        records.append(_timed(name, fused, counted))
+        records.append(timed_pass(name, fused, counted))
         records[-1].modified = counts[name] > 0
 
     def cleanup(m: ir.Model) -> None:
@@ -160,10 +162,12 @@ def fuse(model: ir.Model, level: str, skip_norms: bool = True) -> Fused:
         common.RemoveUnusedOpsetsPass()(m)
         _drop_rewriter_metadata(m)
 
-    records.append(_timed("ort-cleanup", fused, cleanup))
+    records.append(timed_pass("ort-cleanup", fused, cleanup))
     problem = _unfit(model, fused)
     if problem:
-        note = PassRecord("ort-fusions-reverted", records[-1].nodes_after, _count(model), True, 0.0)
+        note = PassRecord(
+            "ort-fusions-reverted", records[-1].nodes_after, count_nodes(model), True, 0.0
+        )
         return Fused(model, [*records, note], counts, problem)
     return Fused(fused, records, counts)
 

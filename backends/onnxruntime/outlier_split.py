@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from modelkiln.backends.onnxruntime.smooth_quant import fresh_name
+from modelkiln.backends.onnxruntime.graph_edit import add_initializer, const_array, read_only_by
 
 # GELU ops f with f(0) = 0, by (domain, op type): index of their bias input, or None.
 GELUS: dict[tuple[str, str], int | None] = {
@@ -70,19 +70,6 @@ class Split:
         }
 
 
-def _const(value: ir.Value | None, ndim: int) -> np.ndarray | None:
-    const = value.const_value if value is not None else None
-    if const is None or len(const.shape) != ndim or not const.dtype.is_floating_point():
-        return None
-    return const.numpy()
-
-
-def _only_users(value: ir.Value, nodes: list[ir.Node]) -> bool:
-    return not value.is_graph_output() and {id(u) for u, _ in value.uses()} == {
-        id(n) for n in nodes
-    }
-
-
 def _is_matmul(node: ir.Node) -> bool:
     return node.op_type == "MatMul" and node.domain in ("", "ai.onnx")
 
@@ -97,7 +84,7 @@ def sites(model: ir.Model) -> list[Site]:
         if bias_index == -1 or not gelu.inputs or gelu.inputs[0] is None:
             continue
         if bias_index is not None and len(gelu.inputs) > bias_index:
-            if _const(gelu.inputs[bias_index], 1) is None:
+            if const_array(gelu.inputs[bias_index], 1) is None:
                 continue
         producer = gelu.inputs[0].producer()
         bias_add = None
@@ -106,7 +93,7 @@ def sites(model: ir.Model) -> list[Site]:
             and producer.op_type == "Add"
             and producer.domain in ("", "ai.onnx")
         ):
-            if _const(producer.inputs[1], 1) is None or not _only_users(
+            if const_array(producer.inputs[1], 1) is None or not read_only_by(
                 producer.outputs[0], [gelu]
             ):
                 continue
@@ -114,30 +101,23 @@ def sites(model: ir.Model) -> list[Site]:
                 producer,
                 producer.inputs[0].producer() if producer.inputs[0] else None,
             )
-        if producer is None or not _is_matmul(producer) or _const(producer.inputs[1], 2) is None:
+        if (
+            producer is None
+            or not _is_matmul(producer)
+            or const_array(producer.inputs[1], 2) is None
+        ):
             continue
-        if not _only_users(producer.outputs[0], [bias_add or gelu]):
+        if not read_only_by(producer.outputs[0], [bias_add or gelu]):
             continue
         users = [u for u, _ in gelu.outputs[0].uses()]
         if not users or gelu.outputs[0].is_graph_output():
             continue
         if any(not _is_matmul(u) or u.inputs[0] is not gelu.outputs[0] for u in users):
             continue
-        if any(_const(u.inputs[1], 2) is None for u in users):
+        if any(const_array(u.inputs[1], 2) is None for u in users):
             continue
         found.append(Site(producer, bias_add, gelu, users))
     return found
-
-
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray, like: ir.Value) -> ir.Value:
-    value = ir.Value(
-        name=fresh_name(graph, name),
-        const_value=ir.tensor(array),
-        shape=ir.Shape(array.shape),
-        type=like.type,
-    )
-    graph.register_initializer(value)
-    return value
 
 
 def outlier_channels(maxima: np.ndarray, count: int) -> np.ndarray:
@@ -181,11 +161,14 @@ def _rewrite(graph: ir.Graph, site: Site, chosen: np.ndarray, record: Split) -> 
     assert w_up_value is not None and w_up_value.const_value is not None
     w_up = w_up_value.const_value.numpy()
     up.replace_input_with(
-        1, _initializer(graph, f"{label}_int8_part", _zeroed(w_up, chosen, 1), w_up_value)
+        1, add_initializer(graph, f"{label}_int8_part", _zeroed(w_up, chosen, 1), w_up_value.type)
     )
     branch_up = ir.node(
         "MatMul",
-        [up.inputs[0], _initializer(graph, f"{label}_outliers", w_up[:, chosen], w_up_value)],
+        [
+            up.inputs[0],
+            add_initializer(graph, f"{label}_outliers", w_up[:, chosen], w_up_value.type),
+        ],
         name=f"{label}_outliers",
     )
     branch = [branch_up]
@@ -195,11 +178,17 @@ def _rewrite(graph: ir.Graph, site: Site, chosen: np.ndarray, record: Split) -> 
         assert bias_value is not None and bias_value.const_value is not None
         bias = bias_value.const_value.numpy()
         site.bias_add.replace_input_with(
-            1, _initializer(graph, f"{label}_bias_int8_part", _zeroed(bias, chosen, 0), bias_value)
+            1,
+            add_initializer(
+                graph, f"{label}_bias_int8_part", _zeroed(bias, chosen, 0), bias_value.type
+            ),
         )
         add = ir.node(
             "Add",
-            [pre_gelu, _initializer(graph, f"{label}_bias_outliers", bias[chosen], bias_value)],
+            [
+                pre_gelu,
+                add_initializer(graph, f"{label}_bias_outliers", bias[chosen], bias_value.type),
+            ],
             name=f"{label}_outliers_bias",
         )
         branch.append(add)
@@ -212,12 +201,12 @@ def _rewrite(graph: ir.Graph, site: Site, chosen: np.ndarray, record: Split) -> 
         bias = bias_value.const_value.numpy()
         gelu.replace_input_with(
             bias_index,
-            _initializer(
-                graph, f"{label}_gelu_bias_int8_part", _zeroed(bias, chosen, 0), bias_value
+            add_initializer(
+                graph, f"{label}_gelu_bias_int8_part", _zeroed(bias, chosen, 0), bias_value.type
             ),
         )
         gelu_inputs.append(
-            _initializer(graph, f"{label}_gelu_bias_outliers", bias[chosen], bias_value)
+            add_initializer(graph, f"{label}_gelu_bias_outliers", bias[chosen], bias_value.type)
         )
     branch_gelu = ir.node(
         gelu.op_type,
@@ -244,11 +233,11 @@ def _split_down(
         down.name = f"{outliers.name}_down_{len(record.down_matmuls)}"
     label = down.name
     down.replace_input_with(
-        1, _initializer(graph, f"{label}_int8_part", _zeroed(weight, chosen, 0), w_value)
+        1, add_initializer(graph, f"{label}_int8_part", _zeroed(weight, chosen, 0), w_value.type)
     )
     product = ir.node(
         "MatMul",
-        [outliers, _initializer(graph, f"{label}_outliers", weight[chosen], w_value)],
+        [outliers, add_initializer(graph, f"{label}_outliers", weight[chosen], w_value.type)],
         name=f"{label}_outliers",
     )
     # After the down projection's own bias Add, so ONNX Runtime still fuses that one into
@@ -259,7 +248,7 @@ def _split_down(
         len(users) == 1
         and not down.outputs[0].is_graph_output()
         and users[0].op_type == "Add"
-        and _const(users[0].inputs[1], 1) is not None
+        and const_array(users[0].inputs[1], 1) is not None
     ):
         anchor = users[0]
     result = anchor.outputs[0]

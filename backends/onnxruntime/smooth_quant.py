@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from modelkiln.backends.onnxruntime.graph_edit import add_initializer, const_array, read_only_by
+
 FLOOR = 1e-5  # channel maxima below this count as this (dead channels, zero weight rows)
 
 
@@ -50,22 +52,8 @@ class Smoothed:
         }
 
 
-def fresh_name(graph: ir.Graph, base: str) -> str:
-    """`base`, or `base_2`, `base_3`...: the first no initializer of `graph` has (one constant
-    can be shared by several nodes, each of which gets its own rewritten copy)."""
-    name, count = base, 1
-    while name in graph.initializers:
-        count += 1
-        name = f"{base}_{count}"
-    return name
-
-
 def _weight(node: ir.Node) -> np.ndarray | None:
-    weight = node.inputs[1] if len(node.inputs) > 1 else None
-    const = weight.const_value if weight is not None else None
-    if const is None or len(const.shape) != 2 or not const.dtype.is_floating_point():
-        return None
-    return const.numpy()
+    return const_array(node.inputs[1] if len(node.inputs) > 1 else None, 2)
 
 
 def matmul_groups(model: ir.Model, skip: frozenset[str] = frozenset()) -> dict[str, list[ir.Node]]:
@@ -150,13 +138,12 @@ def smooth(
         for node, weight in zip(nodes, weights, strict=True):
             value = node.inputs[1]
             assert value is not None
-            scaled = ir.Value(
-                name=fresh_name(graph, f"{value.name}_smoothed"),
-                const_value=ir.tensor((weight * scale[:, None]).astype(weight.dtype)),
-                shape=ir.Shape(weight.shape),
-                type=value.type,
+            scaled = add_initializer(
+                graph,
+                f"{value.name}_smoothed",
+                (weight * scale[:, None]).astype(weight.dtype),
+                value.type,
             )
-            graph.register_initializer(scaled)
             node.replace_input_with(1, scaled)
         record.groups += 1
         record.matmuls += [n.name or "" for n in nodes]
@@ -166,13 +153,9 @@ def smooth(
         if _fold_into_attention_values(x, nodes, scale):
             record.folded_values += 1
             continue
-        inverse = ir.Value(
-            name=fresh_name(graph, f"{name}_smooth_scale"),
-            const_value=ir.tensor(1.0 / scale),
-            shape=ir.Shape(scale.shape),
-            type=ir.TensorType(ir.DataType.FLOAT),
+        inverse = add_initializer(
+            graph, f"{name}_smooth_scale", 1.0 / scale, ir.TensorType(ir.DataType.FLOAT)
         )
-        graph.register_initializer(inverse)
         mul = ir.node("Mul", [x, inverse], name=f"{name}_smooth")
         graph.insert_before(nodes[0], [mul])
         for node in nodes:
@@ -188,9 +171,7 @@ def _fold_into_layer_norm(x: ir.Value, nodes: list[ir.Node], scale: np.ndarray) 
     """Divide the LayerNormalization producing `x` by `scale`, if only `nodes` read x and
     its scale and bias are constants (a graph output or another reader needs x as it is)."""
     norm = x.producer()
-    if norm is None or norm.op_type != "LayerNormalization" or x.is_graph_output():
-        return False
-    if {id(user) for user, _ in x.uses()} != {id(n) for n in nodes}:
+    if norm is None or norm.op_type != "LayerNormalization" or not read_only_by(x, nodes):
         return False
     if norm.attributes.get_int("axis", -1) not in (-1, len(x.shape or ()) - 1):
         return False
@@ -202,13 +183,9 @@ def _fold_into_layer_norm(x: ir.Value, nodes: list[ir.Node], scale: np.ndarray) 
     for index, param in enumerate(params, start=1):
         assert param.const_value is not None
         array = param.const_value.numpy()
-        divided = ir.Value(
-            name=fresh_name(graph, f"{param.name}_smoothed"),
-            const_value=ir.tensor((array / scale).astype(array.dtype)),
-            shape=ir.Shape(array.shape),
-            type=param.type,
+        divided = add_initializer(
+            graph, f"{param.name}_smoothed", (array / scale).astype(array.dtype), param.type
         )
-        graph.register_initializer(divided)
         norm.replace_input_with(index, divided)
     return True
 
@@ -223,7 +200,7 @@ def _fold_into_attention_values(x: ir.Value, nodes: list[ir.Node], scale: np.nda
         return False
     if attention.domain != "com.microsoft" or attention.outputs[0] is not x:
         return False
-    if x.is_graph_output() or {id(u) for u, _ in x.uses()} != {id(n) for n in nodes}:
+    if not read_only_by(x, nodes):
         return False
     inputs = list(attention.inputs)
     if len(inputs) < 3 or any(v is not None for v in inputs[6:]):
@@ -252,23 +229,18 @@ def _fold_into_attention_values(x: ir.Value, nodes: list[ir.Node], scale: np.nda
     assert graph is not None
     old = projection.inputs[1]
     assert old is not None
-    divided = ir.Value(
-        name=fresh_name(graph, f"{old.name}_context_smoothed"),
-        const_value=ir.tensor((weight / scale[None, :]).astype(weight.dtype)),
-        shape=ir.Shape(weight.shape),
-        type=old.type,
+    divided = add_initializer(
+        graph,
+        f"{old.name}_context_smoothed",
+        (weight / scale[None, :]).astype(weight.dtype),
+        old.type,
     )
-    graph.register_initializer(divided)
     projection.replace_input_with(1, divided)
     if bias is not None and bias_value is not None:
         bias[2 * width :] = bias[2 * width :] / scale
-        new_bias = ir.Value(
-            name=fresh_name(graph, f"{bias_value.name}_context_smoothed"),
-            const_value=ir.tensor(bias.astype(dtype)),
-            shape=ir.Shape(bias.shape),
-            type=bias_value.type,
+        new_bias = add_initializer(
+            graph, f"{bias_value.name}_context_smoothed", bias.astype(dtype), bias_value.type
         )
-        graph.register_initializer(new_bias)
         attention.replace_input_with(3, new_bias)
     return True
 

@@ -15,11 +15,11 @@ quantization (the smoothing folds look for the attention node itself).
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import onnx_ir as ir
 
+from modelkiln.backends.onnxruntime.fusions import timed_pass
+from modelkiln.backends.onnxruntime.graph_edit import add_initializer
 from modelkiln.manifest import PassRecord
 
 PASS_NAME = "ort-unpadded-attention"
@@ -49,13 +49,12 @@ def applies(model: ir.Model) -> bool:
 
 
 def _no_padding(graph: ir.Graph, bias: ir.Value, before: ir.Node, index: int) -> ir.Value:
-    zero = ir.Value(
-        name=f"unpadded_attention_zero_{index}",
-        const_value=ir.tensor(np.array(0.0, np.float32)),
-        shape=ir.Shape([]),
-        type=ir.TensorType(ir.DataType.FLOAT),
+    zero = add_initializer(
+        graph,
+        f"unpadded_attention_zero_{index}",
+        np.array(0.0, np.float32),
+        ir.TensorType(ir.DataType.FLOAT),
     )
-    graph.register_initializer(zero)
     magnitude = ir.node("Abs", [bias], name=f"unpadded_attention_abs_{index}")
     largest = ir.node(
         "ReduceMax",
@@ -86,12 +85,13 @@ def _branch(node: ir.Node, inputs: list[ir.Value | None], name: str) -> ir.Graph
 
 def wrap(model: ir.Model) -> PassRecord:
     """Rewrite `model` in place; the record counts nodes as the other passes do."""
-    start = time.perf_counter()
-    before = sum(1 for _ in model.graph.all_nodes())
+    return timed_pass(PASS_NAME, model, _wrap)
+
+
+def _wrap(model: ir.Model) -> None:
     graph = model.graph
     conditions: dict[int, ir.Value] = {}
-    wrapped = 0
-    for node in list(graph):
+    for index, node in enumerate(list(graph)):
         if not _eligible(node):
             continue
         bias = node.inputs[BIAS]
@@ -100,30 +100,17 @@ def wrap(model: ir.Model) -> PassRecord:
         if condition is None:
             condition = _no_padding(graph, bias, node, len(conditions))
             conditions[id(bias)] = condition
-        label = node.name or f"attention_{wrapped}"
+        label = node.name or f"attention_{index}"
         inputs = list(node.inputs)
         unpadded = _branch(node, inputs[:BIAS], f"{label}_unpadded")
         padded = _branch(node, inputs, f"{label}_padded")
-        result = node.outputs[0]
         choice = ir.node(
             "If",
             [condition],
             attributes={"then_branch": unpadded, "else_branch": padded},
             name=f"{label}_if_unpadded",
         )
-        graph.insert_before(node, [choice])
-        out = choice.outputs[0]
-        out.type, out.shape = result.type, result.shape
-        for user, index in list(result.uses()):
-            user.replace_input_with(index, out)
-        if result.is_graph_output():
-            outputs = graph.outputs
-            outputs[outputs.index(result)] = out
-        graph.remove(node, safe=True)
-        name = result.name
-        result.name = f"{name}_replaced"
-        out.name = name
-        wrapped += 1
-    after = sum(1 for _ in model.graph.all_nodes())
-    seconds = round(time.perf_counter() - start, 4)
-    return PassRecord(PASS_NAME, before, after, wrapped > 0, seconds)
+        # The If takes the node's place, its output the node's name, type, shape and readers.
+        ir.convenience.replace_nodes_and_values(
+            graph, node, [node], [choice], [node.outputs[0]], [choice.outputs[0]]
+        )
