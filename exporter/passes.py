@@ -14,6 +14,7 @@ import onnx_ir as ir
 from onnx_ir.passes import common
 
 from modelkiln.errors import BuildError
+from modelkiln.rule_filter import root_filtered
 
 
 def count_nodes(model: ir.Model) -> int:
@@ -81,7 +82,7 @@ def simplify_passes() -> list[tuple[str, ir.passes.PassBase]]:
                 shape_inference=True, input_size_limit=8192, output_size_limit=262144
             ),
         ),
-        ("rewrite-rules", RewritePass(_DEFAULT_REWRITE_RULES)),
+        ("rewrite-rules", RewritePass(root_filtered(_DEFAULT_REWRITE_RULES))),
         (
             "canonical-attention",
             ir.passes.Sequential(

@@ -36,6 +36,7 @@ import onnx_ir as ir
 
 from modelkiln.manifest import PassRecord
 from modelkiln.precision.names import Precision
+from modelkiln.rule_filter import root_filtered
 
 LEVELS = ("off", "norms", "multi-head", "attention")
 # ONNX Runtime's load-time fusions an artifact for the CPU execution provider turns off.
@@ -157,7 +158,7 @@ def fuse(model: ir.Model, level: str, skip_norms: bool = True) -> Fused:
 
     def cleanup(m: ir.Model) -> None:
         optimize(m)  # inlines the intermediate functions no later fusion took
-        rewrite(m, ORT_PATTERN_REWRITE_RULES)
+        rewrite(m, root_filtered(ORT_PATTERN_REWRITE_RULES))
         common.RemoveUnusedNodesPass()(m)
         common.RemoveUnusedOpsetsPass()(m)
         _drop_rewriter_metadata(m)
