@@ -6,16 +6,18 @@ the subprocess, so it also counts interpreter start-up and importing torch. Writ
 benchmarks/results/export_time.json and prints a markdown table.
 
     .venv/bin/python benchmarks/export_time.py [--runs 3] [--checkpoint DIR] [--output FILE]
+        [--optimum-python PYTHON]
 
-If optimum is installed (it is not a dependency), `optimum-cli export onnx` is timed on the
-same checkpoint for comparison; it is never installed by this script.
+If optimum is installed for `--optimum-python` (default: this interpreter; optimum pins
+transformers < 5, so it usually has its own venv), `optimum-cli export onnx` is timed on the
+same checkpoint for comparison, each of its runs right after one kiln run (the host is noisy:
+compare the per-round ratios). It is never installed by this script.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import statistics
 import sys
@@ -30,10 +32,10 @@ from _common import (  # noqa: E402
     find_tool,
     git_revision,
     machine_info,
-    package_version,
     timed,
     write_json,
 )
+from peers import optimum_versions  # noqa: E402
 
 DEFAULT_OUTPUT = RESULTS / "export_time.json"
 FIELDS = {
@@ -75,6 +77,15 @@ def import_time() -> float:
     if done.returncode != 0:
         raise SystemExit(f"importing torch and transformers failed:\n{done.stderr.strip()}")
     return round(full - bare, 3)
+
+
+def optimum_cli_for(python: str) -> tuple[str | None, dict[str, Any] | None]:
+    """(optimum-cli next to `python`, versions there), or (None, None) without optimum."""
+    versions = optimum_versions(python)
+    cli = Path(python).parent / "optimum-cli"
+    if versions is None or not cli.exists():
+        return None, None
+    return str(cli), versions
 
 
 def run_optimum(optimum_cli: str, checkpoint: str) -> dict[str, Any]:
@@ -119,6 +130,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="number of exports (default 3)")
     parser.add_argument("--checkpoint", help="checkpoint folder (default: the MiniLM sample)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results JSON")
+    parser.add_argument(
+        "--optimum-python",
+        default=sys.executable,
+        help="interpreter of a venv with optimum-onnx, to time optimum-cli (default: this one)",
+    )
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -128,27 +144,36 @@ def main() -> int:
         raise SystemExit("kiln is not installed in this environment (pip install -e '.[export]')")
     checkpoint = args.checkpoint or default_checkpoint()
 
-    runs = []
+    optimum_cli, versions = optimum_cli_for(args.optimum_python)
+    runs: list[dict[str, Any]] = []
+    optimum_runs: list[dict[str, Any]] = []
     for i in range(1, args.runs + 1):
         print(f"kiln export run {i}/{args.runs}…", file=sys.stderr, flush=True)
         runs.append(run_kiln(kiln, checkpoint))
         runs[-1]["import_torch_transformers"] = import_time()
         print(f"  {runs[-1]['wall']:.1f}s", file=sys.stderr, flush=True)
+        if optimum_cli:
+            print(f"optimum-cli export onnx run {i}/{args.runs}…", file=sys.stderr, flush=True)
+            optimum_runs.append(run_optimum(optimum_cli, checkpoint))
+            print(f"  {optimum_runs[-1]['wall']:.1f}s", file=sys.stderr, flush=True)
     stages = list(dict.fromkeys(s for r in runs for s in r["stages"]))
     median = median_of(runs, stages)
 
     optimum = None
-    optimum_cli = find_tool("optimum-cli")
-    if importlib.util.find_spec("optimum") and optimum_cli:
-        optimum_runs = []
-        for i in range(1, args.runs + 1):
-            print(f"optimum-cli export onnx run {i}/{args.runs}…", file=sys.stderr, flush=True)
-            optimum_runs.append(run_optimum(optimum_cli, checkpoint))
+    if optimum_cli and versions:
         walls = [r["wall"] for r in optimum_runs if "error" not in r]
+        ratios = [
+            k["wall"] / o["wall"]
+            for k, o in zip(runs, optimum_runs, strict=True)
+            if "error" not in o
+        ]
         optimum = {
-            "version": package_version("optimum"),
+            "python": args.optimum_python,
+            "versions": versions,
             "runs": optimum_runs,
             "median_wall": round(statistics.median(walls), 3) if walls else None,
+            "kiln_over_optimum_per_round": [round(r, 3) for r in ratios],
+            "median_kiln_over_optimum": round(statistics.median(ratios), 3) if ratios else None,
         }
 
     results = {
@@ -173,9 +198,13 @@ def main() -> int:
     )
     print(markdown_table(runs, median, stages))
     if optimum:
+        walls = ", ".join(f"{r['wall']:.1f}" for r in optimum["runs"])
+        v = optimum["versions"]
         print(
-            f"\noptimum-cli export onnx (optimum {optimum['version']}): "
-            f"median wall {optimum['median_wall']}s"
+            f"\noptimum-cli export onnx (optimum {v.get('optimum')}, transformers "
+            f"{v.get('transformers')}), run right after each kiln run: {walls} s, median "
+            f"{optimum['median_wall']} s; kiln / optimum per round median "
+            f"{optimum['median_kiln_over_optimum']}"
         )
     print(f"\nwrote {args.output}")
     return 0

@@ -139,3 +139,58 @@ def test_results_match_torch_whichever_path_is_taken(module, traces, decompositi
     assert len(got) == len(want)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w.numpy(), rtol=1e-6, atol=1e-6)
+
+
+class Promotes(torch.nn.Module):
+    """float + int64 tensor: torch.onnx must cast the int64 operand (type promotion)."""
+
+    def forward(self, x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        return (x + n).relu()
+
+
+def exported_graph(module: Any, kwargs: dict[str, torch.Tensor]) -> Any:
+    with quiet(), torch.no_grad():
+        return torch.export.export(module, (), kwargs).graph_module
+
+
+def tiny_bert_selector() -> tuple[Any, dict[str, torch.Tensor]]:
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    bert = BertModel(models.bert_config(), add_pooling_layer=False).eval()
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    ids = torch.randint(1, models.VOCAB_SIZE, (2, 8), generator=torch.Generator().manual_seed(0))
+    kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": ids * 0}
+    return OutputSelector(bert, names, ("last_hidden_state",)), kwargs
+
+
+def test_type_promotion_is_skipped_only_where_it_would_change_nothing():
+    from torch.onnx._internal.exporter import _fx_passes
+
+    from modelkiln.exporter.torch_onnx_fast import _promotion_rules, promotion_needed
+
+    rules = _promotion_rules()
+    assert rules is not None  # this torch keeps them where the shortcut looks
+    module, kwargs = tiny_bert_selector()
+    bert = exported_graph(module, kwargs)
+    assert not promotion_needed(bert, rules)
+    before = str(bert.graph)
+    _fx_passes.insert_type_promotion_nodes(bert)  # torch.onnx's own pass
+    assert str(bert.graph) == before  # it changes nothing: skipping it is exact
+
+    x = torch.linspace(-1, 1, 6).reshape(2, 3)
+    promotes = exported_graph(Promotes(), {"x": x, "n": torch.arange(6).reshape(2, 3)})
+    assert promotion_needed(promotes, rules)
+    before = str(promotes.graph)
+    _fx_passes.insert_type_promotion_nodes(promotes)
+    assert str(promotes.graph) != before  # the cast a skip would have lost
+
+
+def test_promoting_model_still_gets_its_casts():
+    x = torch.linspace(-1, 1, 6).reshape(2, 3)
+    n = torch.arange(6).reshape(2, 3)
+    model = export(Promotes(), {"x": x, "n": n}, {"x": {0: "batch"}, "n": {0: "batch"}})
+    y = torch.linspace(-3, 3, 12).reshape(4, 3)
+    m = torch.arange(12).reshape(4, 3) - 6
+    got = run(model, {"x": y.numpy(), "n": m.numpy()})[0]
+    np.testing.assert_allclose(got, Promotes()(y, m).numpy(), rtol=1e-6)
