@@ -59,8 +59,9 @@ def root_filtered(rules: Sequence[Any] | Any) -> Any:
     from onnxscript.rewriter import pattern as rewriter_pattern
 
     listed = rules.rules if isinstance(rules, rewriter_pattern.RewriteRuleSet) else list(rules)
-    wrapped = []
+    wrapped: list[Any] = []
     for rule in listed:
         op_type = root_op_type(rule)
         wrapped.append(rule if op_type is None else _RootFiltered(rule, op_type))
+    # The wrappers are duck-typed rules: RewriteRuleSet calls try_rewrite and reads attributes.
     return rewriter_pattern.RewriteRuleSet(wrapped)

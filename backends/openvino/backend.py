@@ -29,6 +29,7 @@ from modelkiln.backends.openvino.common import (
     port_names,
     reported_properties,
 )
+from modelkiln.backends.openvino.layer_roles import ROLES, layers_by_role
 from modelkiln.backends.openvino.quantize import import_nncf, keep_float, quantize
 from modelkiln.backends.openvino.session import OpenVinoSession
 from modelkiln.backends.target_checks import (
@@ -38,7 +39,7 @@ from modelkiln.backends.target_checks import (
     option_choice,
     option_flag,
 )
-from modelkiln.errors import BackendUnavailable, BuildError
+from modelkiln.errors import BackendUnavailable, BuildError, UserInputError
 from modelkiln.manifest import BackendSection
 from modelkiln.precision.names import Precision
 
@@ -51,7 +52,16 @@ if TYPE_CHECKING:
 
 XML_FILE = "model.xml"
 BIN_FILE = "model.bin"
-OPTIONS = {"performance_hint", "compress_to_fp16", "smooth_quant"}
+OPTIONS = {
+    "performance_hint",
+    "compress_to_fp16",
+    "smooth_quant",
+    "float_layers",
+    "float_precision",
+}
+# What the float parts of a quantized model compute in (`float_precision`): f32 by default;
+# bf16 where the CPU has it (AMX / AVX512-BF16), which a CPU without runs as f32.
+FLOAT_PRECISIONS = ("f32", "bf16")
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
 # Our precisions, in the order `--precision auto` tries them -> the INFERENCE_PRECISION_HINT
 # each compiles with. Quantized models keep f32 for what stays floating point (bf16 would
@@ -73,7 +83,9 @@ class OpenVinoBackend:
     def __init__(self) -> None:
         # NNCF-quantized models by (model, precision, calibration): the mixed-precision
         # search builds one model many times with different nodes kept float.
-        self._quantized: dict[tuple[int, str, int], tuple[Any, dict[str, Any]]] = {}
+        self._quantized: dict[
+            tuple[int, str, int, tuple[str, ...]], tuple[Any, dict[str, Any]]
+        ] = {}
 
     def check(self, target: Target) -> None:
         ov = import_openvino()
@@ -81,6 +93,8 @@ class OpenVinoBackend:
         option_choice(target, "performance_hint", PERFORMANCE_HINTS, "LATENCY", ignore_case=True)
         option_flag(target, "compress_to_fp16", False)
         option_flag(target, "smooth_quant", False)
+        option_choice(target, "float_precision", FLOAT_PRECISIONS, "f32")
+        float_roles(target)
         check_precision(target, self.name, self.precisions)
         if Precision(target.precision).quantized:
             import_nncf()
@@ -103,6 +117,8 @@ class OpenVinoBackend:
         compress = option_flag(target, "compress_to_fp16", False)
         hint = option_choice(target, "performance_hint", PERFORMANCE_HINTS, "LATENCY", True)
         precision_hint = PRECISION_HINTS[request.precision]
+        if request.precision.quantized:
+            precision_hint = option_choice(target, "float_precision", FLOAT_PRECISIONS, "f32")
         device = ov_device(target.device)
         # The ONNX file is an intermediate: it lives in a hidden folder inside `out` (same
         # disk as the artifact) that is removed whatever happens, since every file left in
@@ -190,14 +206,20 @@ class OpenVinoBackend:
         calibration: Sequence[Mapping[str, np.ndarray]],
         keep: frozenset[str],
     ) -> tuple[Any, dict[str, Any]]:
-        key = (id(model), target.precision, id(calibration))
+        roles = float_roles(target)
+        key = (id(model), target.precision, id(calibration), roles)
         if key not in self._quantized:
-            self._quantized[key] = quantize(
+            by_role = layers_by_role(ov_model, roles)
+            quantized, record = quantize(
                 ov_model,
                 target.precision,
                 calibration=calibration,
                 smooth_quant=option_flag(target, "smooth_quant", False),
+                float_names=[name for names in by_role.values() for name in names],
             )
+            if roles:
+                record["float_layers"] = by_role
+            self._quantized[key] = quantized, record
         quantized, record = self._quantized[key]
         mixed, missing = keep_float(quantized, keep)
         if missing:
@@ -209,3 +231,14 @@ class OpenVinoBackend:
 
     def load(self, artifact: Artifact, **options: Any) -> OpenVinoSession:
         return OpenVinoSession(artifact, **options)
+
+
+def float_roles(target: Target) -> tuple[str, ...]:
+    """The target's `float_layers`: roles of linear layers quantization leaves float."""
+    value = target.options.get("float_layers", [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v in ROLES for v in value):
+        raise UserInputError(
+            f"target '{target.name}': float_layers must be a list of {', '.join(ROLES)}, "
+            f"got {value!r}"
+        )
+    return tuple(dict.fromkeys(value))

@@ -58,15 +58,18 @@ def quantize(
     calibration: Sequence[Mapping[str, np.ndarray]] = (),
     keep: Sequence[str] = (),
     smooth_quant: bool = False,
+    float_names: Sequence[str] = (),
 ) -> tuple[Any, dict[str, Any]]:
-    """(compressed model, what the manifest records)."""
+    """(compressed model, what the manifest records). `float_names`: layers NNCF leaves in
+    floating point besides `keep` (the target's `float_layers`, recorded by the caller)."""
     nncf = import_nncf()
     record: dict[str, Any] = {
         "precision": precision,
         "tool": f"nncf {nncf.__version__}",
         "kept_fp32": sorted(keep),
     }
-    ignored = nncf.IgnoredScope(names=list(keep), validate=False) if keep else None
+    left_float = [*keep, *float_names]
+    ignored = nncf.IgnoredScope(names=left_float, validate=False) if left_float else None
     try:
         with _quiet():
             if precision == "int8-static":
