@@ -113,7 +113,7 @@ def test_presets_for_reduced_precisions() -> None:
     assert accurate.precision == "auto" and accurate.candidates == ("int8-smooth",)
     assert dict(accurate.budget) == {"min_cosine": 0.99}
     int8 = load_target("openvino-int8")
-    assert int8.precision == "int8-static" and int8.options["smooth_quant"] is False
+    assert int8.precision == "int8-static" and int8.options["smooth_quant"] is True
     edge = load_target("edge")
     assert edge.precision == "auto" and dict(edge.budget) == {"min_cosine": 0.99}
     assert edge.candidates == ("int4-weights", "int8-weights", "int8-static")
