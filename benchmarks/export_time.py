@@ -35,7 +35,7 @@ from _common import (  # noqa: E402
     timed,
     write_json,
 )
-from peers import optimum_versions  # noqa: E402
+from peers import find_optimum  # noqa: E402
 
 DEFAULT_OUTPUT = RESULTS / "export_time.json"
 FIELDS = {
@@ -77,15 +77,6 @@ def import_time() -> float:
     if done.returncode != 0:
         raise SystemExit(f"importing torch and transformers failed:\n{done.stderr.strip()}")
     return round(full - bare, 3)
-
-
-def optimum_cli_for(python: str) -> tuple[str | None, dict[str, Any] | None]:
-    """(optimum-cli next to `python`, versions there), or (None, None) without optimum."""
-    versions = optimum_versions(python)
-    cli = Path(python).parent / "optimum-cli"
-    if versions is None or not cli.exists():
-        return None, None
-    return str(cli), versions
 
 
 def run_optimum(optimum_cli: str, checkpoint: str) -> dict[str, Any]:
@@ -144,7 +135,8 @@ def main() -> int:
         raise SystemExit("kiln is not installed in this environment (pip install -e '.[export]')")
     checkpoint = args.checkpoint or default_checkpoint()
 
-    optimum_cli, versions = optimum_cli_for(args.optimum_python)
+    found = find_optimum(args.optimum_python)
+    optimum_cli, versions = (None, None) if isinstance(found, str) else (str(found[0]), found[1])
     runs: list[dict[str, Any]] = []
     optimum_runs: list[dict[str, Any]] = []
     for i in range(1, args.runs + 1):

@@ -56,17 +56,25 @@ def _failure(done: subprocess.CompletedProcess[str]) -> str:
     return (lines or [f"exit code {done.returncode}"])[-1][:300]
 
 
-def build_optimum(checkpoint: str, folder: Path, python: str | None) -> dict[str, Any]:
-    python = python or sys.executable
+def find_optimum(python: str) -> tuple[Path, dict[str, str | None]] | str:
+    """(optimum-cli of `python`'s environment, the versions there), or why there is none."""
     versions = optimum_versions(python)
     if versions is None:
-        return {
-            "skipped": f"optimum is not installed for {python} (pass --optimum-python PYTHON "
+        return (
+            f"optimum is not installed for {python} (pass --optimum-python PYTHON "
             "of a venv with optimum-onnx[onnxruntime])"
-        }
+        )
     cli = Path(python).parent / "optimum-cli"
     if not cli.exists():
-        return {"skipped": f"optimum is installed for {python}, but {cli} does not exist"}
+        return f"optimum is installed for {python}, but {cli} does not exist"
+    return cli, versions
+
+
+def build_optimum(checkpoint: str, folder: Path, python: str | None) -> dict[str, Any]:
+    found = find_optimum(python or sys.executable)
+    if isinstance(found, str):
+        return {"skipped": found}
+    cli, versions = found
     exported, optimized = folder / "optimum", folder / "optimum-O2"
     export = [str(cli), "export", "onnx", "--model", checkpoint, "--task", "feature-extraction"]
     wall, done = timed([*export, str(exported)])

@@ -64,8 +64,8 @@ OPTIONS = {
 FLOAT_PRECISIONS = ("f32", "bf16")
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
 # Our precisions, in the order `--precision auto` tries them -> the INFERENCE_PRECISION_HINT
-# each compiles with. Quantized models keep f32 for what stays floating point (bf16 would
-# silently change those numerics too).
+# each compiles with. Quantized models keep f32 for what stays floating point unless the
+# target's `float_precision` asks for bf16 (which changes those numerics too).
 PRECISION_HINTS = {
     Precision.FP32: "f32",
     Precision.BF16: "bf16",
@@ -117,8 +117,10 @@ class OpenVinoBackend:
         compress = option_flag(target, "compress_to_fp16", False)
         hint = option_choice(target, "performance_hint", PERFORMANCE_HINTS, "LATENCY", True)
         precision_hint = PRECISION_HINTS[request.precision]
-        if request.precision.quantized:
-            precision_hint = option_choice(target, "float_precision", FLOAT_PRECISIONS, "f32")
+        if request.precision.quantized:  # the table's f32 is the default of float_precision
+            precision_hint = option_choice(
+                target, "float_precision", FLOAT_PRECISIONS, precision_hint
+            )
         device = ov_device(target.device)
         # The ONNX file is an intermediate: it lives in a hidden folder inside `out` (same
         # disk as the artifact) that is removed whatever happens, since every file left in
