@@ -262,6 +262,36 @@ def test_runtime_failure_is_an_inference_error(ov_artifact: Exported, cache_root
         session.run(models.text_feeds(list(session.inputs), 1, 4))
 
 
+def test_run_many_failure_names_the_feed_that_failed(
+    throughput_artifact: Exported, cache_root
+) -> None:
+    """Requests are reused in turn; an error names the feed of the request that raised it
+    and is raised in the caller's thread after every request has stopped."""
+    session = modelkiln.load(throughput_artifact.path, threads=2)
+    many = [models.text_feeds(list(session.inputs), 1, s) for s in (3, 4, 5, 6, 7)]
+    started: list[int] = []
+
+    class Request:
+        """Runs nothing; the feed with 6 tokens fails when waited for."""
+
+        def __init__(self) -> None:
+            self.tokens = 0
+
+        def start_async(self, feeds) -> None:
+            self.tokens = next(iter(feeds.values())).shape[1]
+            started.append(self.tokens)
+
+        def wait(self) -> None:
+            if self.tokens == 6:
+                raise RuntimeError("Exception from src/core.cpp:1:\nCheck 'x' failed\nbad alloc")
+
+    session._pool = [Request(), Request()]
+    session._collect = lambda request: {"tokens": request.tokens}
+    with pytest.raises(InferenceError, match=r"input_ids\[1, 6\].*: bad alloc$"):
+        session.run_many(many)
+    assert started == [3, 4, 5, 6, 7]  # two in flight at a time, in order
+
+
 def test_feeds_are_checked_like_every_session(ov_artifact: Exported, cache_root) -> None:
     session = modelkiln.load(ov_artifact.path)
     feeds = models.text_feeds(list(session.inputs), 1, 4)

@@ -1,8 +1,9 @@
-"""The OpenVINO session: `run` (synchronous) and `run_many` (AsyncInferQueue)."""
+"""The OpenVINO session: `run` (synchronous) and `run_many` (a pool of async requests)."""
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,8 +32,8 @@ class OpenVinoSession(Session):
     `$MODELKILN_CACHE_DIR/openvino`; None disables it).
 
     `run(feeds)` is synchronous, like every session. `run_many(list_of_feeds)` runs many
-    requests through an `AsyncInferQueue` and returns the results in order; with a
-    `THROUGHPUT` target the queue holds as many requests as OpenVINO finds optimal (the
+    feeds on a pool of asynchronous infer requests and returns the results in order; with
+    a `THROUGHPUT` target the pool holds as many requests as OpenVINO finds optimal (the
     device runs them in parallel streams), with `LATENCY` it holds one.
 
     After loading, `inference_precision` is what the compiled model reports (`f32` on a CPU
@@ -107,6 +108,7 @@ class OpenVinoSession(Session):
         if extra:
             raise BuildError(f"{where}: the model has input(s) {extra} the manifest does not list")
         self._lock = threading.Lock()
+        self._pool: list[Any] = []  # run_many's infer requests, made on first use
         self._stateful = None if decoder is None else self.cache_stepper(decoder)
         if self._stateful is None:
             self._request = self._compiled.create_infer_request()
@@ -148,37 +150,52 @@ class OpenVinoSession(Session):
         return StatefulDecoder(ov, self._compiled, decoder, self.inputs, self.check, self._fail)
 
     def run_many(self, many: Sequence[Mapping[str, Any]]) -> list[dict[str, np.ndarray]]:
-        """Run every feed dict through an AsyncInferQueue; results come back in order.
+        """Run every feed dict on a pool of infer requests; results come back in order.
 
         Each feed dict is checked like `run`'s (a bad one raises `FeedError` before any
         runs). With a THROUGHPUT target, requests run in parallel on the device's streams.
+
+        Feed i goes to request i mod k; before a request takes a new feed, the caller's
+        thread waits for it and copies its outputs out. No Python callback runs on an
+        OpenVINO thread (AsyncInferQueue's would): a callback can trigger Python's cyclic
+        garbage collector there, and a session freed on its own device thread aborts the
+        process ("Resource deadlock avoided").
         """
         checked = [self.check(feeds) for feeds in many]
         if not checked:
             return []
         if self._stateful is not None:  # one request keeps one cache: in order
             return [self._run(feeds) for feeds in checked]
-        ov = import_openvino()
-        jobs = self.properties.get("optimal_number_of_infer_requests") or 1
-        queue = ov.AsyncInferQueue(self._compiled, min(int(jobs), len(checked)))
-        results: list[dict[str, np.ndarray] | None] = [None] * len(checked)
-        errors: list[tuple[int, BaseException]] = []
-
-        def done(request: Any, index: int) -> None:
+        with self._lock:
+            jobs = int(self.properties.get("optimal_number_of_infer_requests") or 1)
+            requests = self._request_pool(min(jobs, len(checked)))
+            results: list[dict[str, np.ndarray]] = []
+            pending: deque[tuple[int, Any]] = deque()  # (feed index, request), oldest first
+            current = 0  # the feed an OpenVINO error belongs to
             try:
-                results[index] = self._collect(request)
-            except Exception as exc:  # kept and raised in the caller's thread
-                errors.append((index, exc))
+                for index, feeds in enumerate(checked):
+                    if len(pending) == len(requests):  # all busy: the oldest is reused next
+                        current, request = pending.popleft()
+                        request.wait()
+                        results.append(self._collect(request))
+                    current, request = index, requests[index % len(requests)]
+                    request.start_async(self._ov_feeds(feeds))
+                    pending.append((index, request))
+                while pending:
+                    current, request = pending.popleft()
+                    request.wait()
+                    results.append(self._collect(request))
+            except Exception as exc:  # OpenVINO raises its own exception types
+                for _, request in pending:  # none may still run once the error leaves
+                    try:
+                        request.wait()
+                    except Exception:  # noqa: S112 - the first error is the one reported
+                        continue
+                raise self._fail(exc, checked[current]) from None
+        return results
 
-        queue.set_callback(done)
-        try:
-            for index, feeds in enumerate(checked):
-                queue.start_async(self._ov_feeds(feeds), index)
-            queue.wait_all()
-        except Exception as exc:  # OpenVINO raises its own exception types
-            # The failing request is not known here; name the first feed's shapes.
-            raise self._fail(exc, checked[0]) from None
-        if errors:
-            index, error = min(errors, key=lambda e: e[0])
-            raise self._fail(error, checked[index])
-        return [r for r in results if r is not None]
+    def _request_pool(self, jobs: int) -> list[Any]:
+        """`jobs` infer requests kept for later calls (creating one allocates its buffers)."""
+        while len(self._pool) < jobs:
+            self._pool.append(self._compiled.create_infer_request())
+        return self._pool[:jobs]
