@@ -1,6 +1,6 @@
-"""exporter/torch_onnx_fast.py: torch.onnx's export with the two shortcuts gives the ONNX it
-gives without them, skips the second trace only where nothing needs decomposing, and builds the
-same op registry."""
+"""exporter/torch_onnx_fast.py: torch.onnx's export with the shortcuts gives the ONNX it gives
+without them, skips the second trace only where nothing needs decomposing, and builds the same
+op registry (without the signatures nothing reads)."""
 
 from __future__ import annotations
 
@@ -194,3 +194,34 @@ def test_promoting_model_still_gets_its_casts():
     m = torch.arange(12).reshape(4, 3) - 6
     got = run(model, {"x": y.numpy(), "n": m.numpy()})[0]
     np.testing.assert_allclose(got, Promotes()(y, m).numpy(), rtol=1e-6)
+
+
+def test_registry_leaves_builtin_signatures_to_the_first_call():
+    from torch.onnx._internal.exporter import _registration
+
+    def listed(registry: Any) -> dict[Any, list[tuple[Any, bool]]]:
+        return {
+            target: [(m.onnx_function, m.is_complex) for m in metas]
+            for target, metas in registry.functions.items()
+        }
+
+    shipped = _registration.ONNXRegistry.from_torchlib()
+    original = _registration.OnnxDecompMeta.__post_init__
+    with fast_torch_onnx():
+        assert _registration.OnnxDecompMeta.__post_init__ is not original
+        fast = _registration.ONNXRegistry.from_torchlib()
+
+        def double(x):  # a custom registration still gets its signature at once
+            return x
+
+        fast.register_op(torch.ops.aten.relu.default, double)
+        custom = fast.get_decomps(torch.ops.aten.relu.default)[0]
+    assert _registration.OnnxDecompMeta.__post_init__ is original
+    assert custom.is_custom and custom.signature is not None
+    fast.functions["aten::relu"].pop(0)
+    assert listed(fast) == listed(shipped)
+    metas = [m for ms in fast.functions.values() for m in ms]
+    assert len(metas) > 400
+    assert all(m.signature is None for m in metas)
+    inferred = [m for ms in shipped.functions.values() for m in ms if m.signature is not None]
+    assert len(inferred) > 400  # torch.onnx as shipped infers them all up front
