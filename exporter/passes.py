@@ -14,6 +14,7 @@ import onnx_ir as ir
 from onnx_ir.passes import common
 
 from modelkiln.errors import BuildError
+from modelkiln.exporter.stack_traces import PortableStackTraces
 from modelkiln.rule_filter import root_filtered
 
 
@@ -108,6 +109,7 @@ def simplify_passes() -> list[tuple[str, ir.passes.PassBase]]:
         ("common-subexpression-elimination", common.CommonSubexpressionEliminationPass()),
         ("dead-code-elimination", common.RemoveUnusedNodesPass()),
         ("topological-sort", common.TopologicalSortPass()),
+        ("portable-stack-traces", PortableStackTraces()),
     ]
 
 
