@@ -3,8 +3,10 @@
 1. `torch.onnx.export(dynamo=True)` traces the model with `torch.export`, then traces the whole
    program a second time in `run_decompositions`, only to replace the ATen ops that have no ONNX
    translation. In most transformers models every op of the first trace has a translation but
-   for a few spellings (`aten.to.*`, `aten.__and__`) and reshapes to the shape a tensor already
-   has; `_keep_translatable` rewrites those in the FX graph and hands the program straight to the
+   for a few spellings (`aten.to.*`, `aten.__and__`), reshapes to the shape a tensor already
+   has, and in-place arithmetic on a tensor nothing else reads (transformers 4.x's BERT:
+   `embeddings += position_embeddings`, a `detach_()` of a fresh mask); `_keep_translatable`
+   rewrites those in the FX graph and hands the program straight to the
    translation. Anything else it does not know (an op without translation, a higher-order op, a
    nested graph) takes torch.onnx's own decomposition, unchanged.
 2. Building torch.onnx's op registry asks onnxscript for the domain of each of its ~550 torchlib
@@ -40,6 +42,8 @@ from typing import Any
 # Spellings of one op that torch.onnx's registry lacks, with the op they mean.
 _LOGICAL = {"__and__": "bitwise_and", "__or__": "bitwise_or", "__xor__": "bitwise_xor"}
 _CASTS = ("dtype", "dtype_layout", "device", "other")
+# In-place arithmetic and the op that computes the same value into a new tensor.
+_IN_PLACE = {"add_": "add", "sub_": "sub", "mul_": "mul", "div_": "div"}
 
 
 def _meta(node: Any) -> Any:
@@ -51,9 +55,32 @@ def _shape(node: Any) -> tuple[str, ...] | None:
     return None if shape is None else tuple(str(d) for d in shape)
 
 
+def _sole_owner(node: Any) -> bool:
+    """Whether the in-place `node` is the only reader of the tensor it changes, and that tensor
+    is a fresh result (not an input, parameter or buffer, nor a view of anything): then the
+    same op out of place computes what every later reader sees."""
+    target = node.args[0] if node.args else None
+    if not hasattr(target, "op") or target.op != "call_function" or len(target.users) != 1:
+        return False
+    schema = getattr(target.target, "_schema", None)
+    if schema is None:  # operator.getitem and other Python callables: not known to own it
+        return False
+    return all(r.alias_info is None for r in schema.returns)
+
+
+def _same_dtype(node: Any) -> bool:
+    """`a.op_(b)` keeps a's dtype; `a.op(b)` would promote unless b's dtype is a's."""
+    other = node.args[1] if len(node.args) > 1 else None
+    if not hasattr(other, "op"):
+        return isinstance(other, (int, float)) and not isinstance(other, bool)
+    mine, theirs = _meta(node.args[0]), _meta(other)
+    return mine is not None and theirs is not None and mine.dtype == theirs.dtype
+
+
 def _rewrite(graph: Any, aten: Any) -> None:
     """What the second trace would have simplified: `x.to(...)` becomes `_to_copy(x, dtype=...)`
-    or `x` itself, `a & b` becomes bitwise_and, a reshape to the shape it has is dropped."""
+    or `x` itself, `a & b` becomes bitwise_and, a reshape to the shape it has is dropped,
+    `a.add_(b)` on a tensor only it reads becomes `add(a, b)`, such a `detach_()` goes."""
     for node in list(graph.nodes):
         if node.op != "call_function" or not hasattr(node.target, "overloadpacket"):
             continue
@@ -78,6 +105,12 @@ def _rewrite(graph: Any, aten: Any) -> None:
             graph.erase_node(node)
         elif name in _LOGICAL and overload in ("Tensor", "Scalar"):
             node.target = getattr(getattr(aten, _LOGICAL[name]), overload)
+        elif name in _IN_PLACE and overload in ("Tensor", "Scalar"):
+            if _sole_owner(node) and _same_dtype(node):
+                node.target = getattr(getattr(aten, _IN_PLACE[name]), overload)
+        elif name == "detach_" and overload == "default" and _sole_owner(node):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
 
 
 def _translatable(graph_module: Any, registry: Any, dropped: set[Any]) -> bool:

@@ -122,10 +122,47 @@ class NeedsDecomposition(torch.nn.Module):
         return x.std(-1, keepdim=True) + x.to(torch.float32)
 
 
+class InPlace(torch.nn.Module):
+    """transformers 4.x's spellings: `+=` and `*=` on fresh results, `detach_()` of one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        embeddings = x + 1
+        embeddings += x * 3
+        scale = (x * 0 + 2).detach_()
+        scaled = embeddings * 1
+        scaled *= 0.5
+        return scaled * scale - embeddings
+
+
+class InPlaceOnView(torch.nn.Module):
+    """`+=` on a row of a tensor read later: the shortcut must leave it to torch.onnx."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * 2
+        row = y[0]
+        row += 1
+        return y + 1
+
+
+class InPlaceCast(torch.nn.Module):
+    """float32 `+=` float64 stays float32; `add` would promote: left to torch.onnx."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * 2
+        y += x.to(torch.float64) / 3
+        return y
+
+
 @pytest.mark.parametrize(
     ("module", "traces"),
-    [(Spellings(), []), (NeedsDecomposition(), [1])],
-    ids=["rewritten", "kept"],
+    [
+        (Spellings(), []),
+        (InPlace(), []),
+        (NeedsDecomposition(), [1]),
+        (InPlaceOnView(), [1]),
+        (InPlaceCast(), [1]),
+    ],
+    ids=["rewritten", "in-place", "kept", "in-place-on-view", "in-place-cast"],
 )
 def test_results_match_torch_whichever_path_is_taken(module, traces, decompositions):
     x = torch.linspace(-3, 3, 12).reshape(3, 4)
