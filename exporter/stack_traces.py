@@ -41,8 +41,8 @@ def module_paths(files: Iterable[str]) -> dict[str, str]:
     if missing:  # the same file reached through a link: compare resolved paths
         resolved = {os.path.realpath(f): n for f, n in loaded.items()}
         for f in missing:
-            name = resolved.get(os.path.realpath(f))
-            paths[f] = _by_module(name, f) if name else os.path.basename(f)
+            found = resolved.get(os.path.realpath(f))
+            paths[f] = _by_module(found, f) if found else os.path.basename(f)
     return paths
 
 

@@ -59,7 +59,7 @@ def _sole_owner(node: Any) -> bool:
     """Whether the in-place `node` is the only reader of the tensor it changes, and that tensor
     is a fresh result (not an input, parameter or buffer, nor a view of anything): then the
     same op out of place computes what every later reader sees."""
-    target = node.args[0] if node.args else None
+    target: Any = node.args[0] if node.args else None
     if not hasattr(target, "op") or target.op != "call_function" or len(target.users) != 1:
         return False
     schema = getattr(target.target, "_schema", None)
