@@ -590,7 +590,9 @@ def closest_label(rows: list[dict[str, Any]]) -> str:
     return max(measured, key=lambda r: r["accuracy"]["cosine"]["min"])["label"]
 
 
-def auto_export(tiny_bert_dir: Path, out: Path, target: Path, data: Data, *extra: str):
+def auto_export(
+    tiny_bert_dir: Path, out: Path, target: Path, data: Data, *extra: str, min_cosine: str = "1.0"
+):
     return export_cli(
         tiny_bert_dir,
         "-o",
@@ -600,7 +602,7 @@ def auto_export(tiny_bert_dir: Path, out: Path, target: Path, data: Data, *extra
         "--precision",
         "auto",
         "--min-cosine",
-        "1.0",
+        min_cosine,
         "--eval",
         data.eval,
         *extra,
@@ -644,12 +646,17 @@ def test_budget_misses_show_why_they_miss(unmeetable) -> None:
 
 
 def test_mixed_precision_keeps_the_sensitive_layers_float(
-    tmp_path: Path, tiny_bert_dir: Path, data: Data, only_int8: Path
+    tmp_path: Path, tiny_bert_dir: Path, data: Data, only_int8: Path, dynamic_int8
 ) -> None:
-    """int8-dynamic alone misses min cosine 1.0; keeping its most sensitive layers (the
-    embedding tables count: int8-dynamic quantizes them too) float until it passes."""
+    """A budget int8-dynamic alone misses (half-way from its min cosine to 1.0: how far it
+    is depends on the CPU's int8 kernels, e.g. AVX2's saturating u8xs8 pair sums against
+    VNNI); keeping its most sensitive layers (the embedding tables count: int8-dynamic
+    quantizes them too) float until it passes."""
+    alone = dynamic_int8[1]["accuracy"]["cosine"]["min"]
+    assert alone < 1.0
+    budget = f"{1.0 - (1.0 - alone) / 2:.9f}"
     out = tmp_path / "out" / "bert"
-    result = auto_export(tiny_bert_dir, out, only_int8, data)
+    result = auto_export(tiny_bert_dir, out, only_int8, data, min_cosine=budget)
     assert result.exit_code == 0, result.stderr
     manifest = models.read_manifest(out)
     search = manifest["accuracy"]["search"]
