@@ -26,6 +26,7 @@ from modelkiln.artifact import (
 from modelkiln.backends.base import Backend, StaticCheck
 from modelkiln.backends.registry import get_backend
 from modelkiln.cache import BuildCache
+from modelkiln.collection import Deferred
 from modelkiln.errors import BackendUnavailable, UserInputError, ValidationError
 from modelkiln.exporter.specs import check_task
 from modelkiln.golden import save_golden
@@ -123,77 +124,83 @@ def export_targets(
     `precision` overrides the targets' precision and brings calibration/evaluation data
     and the accuracy budget (see `modelkiln.precision`); `stock_architecture` exports a
     checkpoint that declares custom code with the stock transformers class."""
-    options = precision or PrecisionOptions()
-    progress = progress or Progress(quiet=True)
-    protected = checkpoint_path(str(checkpoint))
-    dump_dir = Path(dump_passes) if dump_passes else None
-    resolved = [
-        (Path(out), with_precision(load_target(t) if isinstance(t, str) else t, options))
-        for out, t in plan
-    ]
-    outs = [out.resolve() for out, _ in resolved]
-    if len(set(outs)) != len(outs):
-        raise UserInputError("two targets would write the same artifact; give them distinct names")
-    for out, _ in resolved:
-        check_output_free(out, force, protected=protected)
-        if dump_dir is not None:
-            check_side_path(dump_dir, out, "--dump-passes", folder=True)
-    check_task(task)
-    targets = [tgt for _, tgt in resolved]
-    backends = []
-    held: list[BackendUnavailable] = []  # raised once the graph passed the static checks
-    for tgt in targets:
-        backends.append(get_backend(tgt.backend))
-        try:
-            check_backend(backends[-1], tgt)
-        except BackendUnavailable as exc:
-            if not isinstance(backends[-1], StaticCheck):
-                raise
-            held.append(exc)
-    pairs = list(zip(targets, backends, strict=True))
-    check_request(options, pairs, validate)
-    ranges = common_ranges(targets)  # disjoint shape ranges: one line, exit 2
-    linted = any(isinstance(b, StaticCheck) for b in backends)
-    early = _onnx_source(protected) if linted else None  # checked before anything else
-    if early is not None:
-        _static_checks(early, pairs, progress)
-        if held:
-            raise held[0]
-    cache = BuildCache(Path(cache_dir) if cache_dir else None) if use_cache else None
-    prepared = prepare(
-        str(checkpoint),
-        task,
-        allow_pickle,
-        dump_dir,
-        progress,
-        cache,
-        reference=validate,
-        targets=targets,
-        stock_architecture=stock_architecture,
-    )
-    prepared.cache_dir = cache.root if cache is not None else None
-    if linted and early is None:
-        _static_checks(prepared.model, pairs, progress)
-        if held:
-            raise held[0]
-    evaluation = None
-    if any(needs_evaluation(t.precision, options) for t in targets):
-        for tgt in targets:
-            effective_budget(options, tgt).fits(prepared.spec.task)
-        with progress.stage("data", "reading calibration and evaluation data; fp32 reference"):
-            # Texts longer than a target's [shapes] range would be refused by its sessions.
-            longest = ranges.get("sequence", (0, None))[1]
-            evaluation = load_evaluation(options, prepared, progress, max_length=longest)
-    shared = dict(progress.times)
-    results = []
-    for (out, tgt), backend in zip(resolved, backends, strict=True):
-        own = Progress(quiet=progress.quiet, console=progress.console)
-        results.append(
-            _build_one(
-                prepared, out, tgt, backend, force, validate, own, shared, options, evaluation
+    # No cyclic collections while torch and transformers are imported and the model traced: a
+    # growing heap of long-lived objects, rescanned in full for nothing (see collection.py).
+    with Deferred() as collection:
+        options = precision or PrecisionOptions()
+        progress = progress or Progress(quiet=True)
+        protected = checkpoint_path(str(checkpoint))
+        dump_dir = Path(dump_passes) if dump_passes else None
+        resolved = [
+            (Path(out), with_precision(load_target(t) if isinstance(t, str) else t, options))
+            for out, t in plan
+        ]
+        outs = [out.resolve() for out, _ in resolved]
+        if len(set(outs)) != len(outs):
+            raise UserInputError(
+                "two targets would write the same artifact; give them distinct names"
             )
+        for out, _ in resolved:
+            check_output_free(out, force, protected=protected)
+            if dump_dir is not None:
+                check_side_path(dump_dir, out, "--dump-passes", folder=True)
+        check_task(task)
+        targets = [tgt for _, tgt in resolved]
+        backends = []
+        held: list[BackendUnavailable] = []  # raised once the graph passed the static checks
+        for tgt in targets:
+            backends.append(get_backend(tgt.backend))
+            try:
+                check_backend(backends[-1], tgt)
+            except BackendUnavailable as exc:
+                if not isinstance(backends[-1], StaticCheck):
+                    raise
+                held.append(exc)
+        pairs = list(zip(targets, backends, strict=True))
+        check_request(options, pairs, validate)
+        ranges = common_ranges(targets)  # disjoint shape ranges: one line, exit 2
+        linted = any(isinstance(b, StaticCheck) for b in backends)
+        early = _onnx_source(protected) if linted else None  # checked before anything else
+        if early is not None:
+            _static_checks(early, pairs, progress)
+            if held:
+                raise held[0]
+        cache = BuildCache(Path(cache_dir) if cache_dir else None) if use_cache else None
+        prepared = prepare(
+            str(checkpoint),
+            task,
+            allow_pickle,
+            dump_dir,
+            progress,
+            cache,
+            reference=validate,
+            targets=targets,
+            stock_architecture=stock_architecture,
         )
-    return results
+        prepared.cache_dir = cache.root if cache is not None else None
+        collection.resume()  # builds and searches make garbage of their own
+        if linted and early is None:
+            _static_checks(prepared.model, pairs, progress)
+            if held:
+                raise held[0]
+        evaluation = None
+        if any(needs_evaluation(t.precision, options) for t in targets):
+            for tgt in targets:
+                effective_budget(options, tgt).fits(prepared.spec.task)
+            with progress.stage("data", "reading calibration and evaluation data; fp32 reference"):
+                # Texts longer than a target's [shapes] range would be refused by its sessions.
+                longest = ranges.get("sequence", (0, None))[1]
+                evaluation = load_evaluation(options, prepared, progress, max_length=longest)
+        shared = dict(progress.times)
+        results = []
+        for (out, tgt), backend in zip(resolved, backends, strict=True):
+            own = Progress(quiet=progress.quiet, console=progress.console)
+            results.append(
+                _build_one(
+                    prepared, out, tgt, backend, force, validate, own, shared, options, evaluation
+                )
+            )
+        return results
 
 
 def _onnx_source(path: Path) -> Any:
