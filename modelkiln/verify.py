@@ -9,6 +9,7 @@ from typing import Any
 from modelkiln.artifact import GOLDEN, Artifact, verify_files
 from modelkiln.backends.base import Session
 from modelkiln.compare import Tolerance, compare_outputs, summarize
+from modelkiln.cpu_kernels import mismatch_note
 from modelkiln.errors import BuildError, InferenceError
 from modelkiln.exporter.reference import compare_samples, reference_samples
 from modelkiln.generation import check_generation
@@ -61,6 +62,11 @@ def verify_artifact(
                 outputs = {n: {"passed": False, "problem": str(exc)} for n in expected}
             results.append({"dims": {"shapes": dims}, "outputs": outputs})
         checks["golden"] = summarize(results, tolerance)
+        if not checks["golden"]["passed"]:
+            quantization = manifest.backend.get("quantization") or {}
+            note = mismatch_note(quantization.get("cpu_int8_kernels"))
+            if note:
+                checks["golden"].setdefault("problems", []).append(note)
     elif validation is not None and validation.skipped:
         checks["golden"] = {
             "passed": True,

@@ -29,6 +29,7 @@ import numpy as np
 
 from modelkiln.backends.onnxruntime.outlier_split import DEFAULT_CHANNELS
 from modelkiln.backends.ort_quantization import CalibrationReader, quiet
+from modelkiln.cpu_kernels import int8_kernels
 from modelkiln.errors import BuildError
 
 # Kept in fp32 by the fp16 conversion: their reductions overflow or lose too much in fp16.
@@ -89,10 +90,12 @@ def quantize(
                     record |= _fp16(source, out_file, keep)
                 elif precision in ("int8-dynamic", "int8-smooth"):
                     record |= _int8_dynamic(source, out_file, keep)
+                    record["cpu_int8_kernels"] = int8_kernels()  # what accuracy is measured on
                 elif precision == "int8-static":
                     if not calibration:
                         raise BuildError("int8-static needs calibration samples")
                     record |= _int8_static(source, out_file, calibration, keep, calibration_cache)
+                    record["cpu_int8_kernels"] = int8_kernels()
                 elif precision == "int4-weights":
                     record |= _int4_weights(source, out_file, keep, int4 or Int4Settings())
                 else:

@@ -71,7 +71,7 @@ def validate(
                     f"{'equal to' if check['passed'] else 'differ from'} {check['reference']}"
                 )
             err.print(f"{mark} {name} {escape(detail)}".rstrip())
-            for problem in check.get("problems", []) + check.get("failures", []):
+            for problem in check.get("failures", []) + check.get("problems", []):
                 err.print(f"    {problem}", markup=False)
         if report.get("accuracy"):
             accuracy = Accuracy.from_json({"task": "", **report["accuracy"]})
