@@ -22,7 +22,7 @@ _CLASSES = (
     ("vnni", ("avx512_vnni", "avx_vnni")),
     ("avx2", ("avx2",)),
 )
-_SATURATING = {"avx2": True, "amx": False, "vnni": False}
+_EXACT = {"amx", "vnni"}  # int32 sums of u8 x s8 products, no saturation
 
 
 def int8_kernels(flags: Iterable[str] | None = None) -> str:
@@ -43,7 +43,7 @@ def mismatch_note(recorded: object, current: str | None = None) -> str | None:
     here = current or int8_kernels()
     if not isinstance(recorded, str) or recorded == here or "unknown" in (recorded, here):
         return None
-    if _SATURATING.get(recorded) == _SATURATING.get(here) and here in _SATURATING:
+    if {recorded, here} <= _EXACT:
         return None  # both exact: the same int32 sums
     why = (
         "AVX2 without VNNI sums pairs of u8 x s8 products in saturating int16"

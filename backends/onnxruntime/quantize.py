@@ -90,12 +90,10 @@ def quantize(
                     record |= _fp16(source, out_file, keep)
                 elif precision in ("int8-dynamic", "int8-smooth"):
                     record |= _int8_dynamic(source, out_file, keep)
-                    record["cpu_int8_kernels"] = int8_kernels()  # what accuracy is measured on
                 elif precision == "int8-static":
                     if not calibration:
                         raise BuildError("int8-static needs calibration samples")
                     record |= _int8_static(source, out_file, calibration, keep, calibration_cache)
-                    record["cpu_int8_kernels"] = int8_kernels()
                 elif precision == "int4-weights":
                     record |= _int4_weights(source, out_file, keep, int4 or Int4Settings())
                 else:
@@ -107,6 +105,8 @@ def quantize(
                 f"onnxruntime quantization to {precision} failed: "
                 f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
             ) from exc
+        if precision.startswith("int8"):
+            record["cpu_int8_kernels"] = int8_kernels()  # the CPU its accuracy is measured on
         return record
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
